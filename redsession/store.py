@@ -1,0 +1,440 @@
+"""All Redis access: each operation is a generator that yields commands and parses replies.
+
+The generators do no I/O themselves ("sans-IO"): SyncDriver and AsyncDriver execute what
+they yield, so the sync and async managers share every line of logic. This is the only
+module that speaks Redis commands (the worker's lock and the server launcher aside).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from redsession import scripts
+from redsession.codec import Reply, flat_to_dict, text
+from redsession.config import Settings
+from redsession.errors import (
+    PermissionDenied,
+    SessionExists,
+    SessionMerged,
+    SessionNotFound,
+    StorageError,
+    StorageUnavailable,
+)
+from redsession.keys import Keys, expiry_member, split_expiry_member
+
+T = TypeVar("T")
+Arg = str | bytes | int | float
+
+
+@dataclass(frozen=True, slots=True)
+class Eval:
+    """Run one script (EVALSHA, loading it on NOSCRIPT)."""
+
+    script: scripts.Script
+    keys: tuple[str, ...]
+    args: tuple[Arg, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Plain commands, pipelined without MULTI; the reply is the list of their replies."""
+
+    commands: tuple[tuple[Arg, ...], ...]
+
+
+Cmd = Eval | Batch
+Op = Generator[Cmd, Any, T]
+
+SUMMARY_FIELDS = ("user_id", "created_at", "last_activity", "total_interactions", "expires_at")
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """The times a write carries: activity score, new expiry, and now (all µs)."""
+
+    activity: int
+    expires: int
+    now: int
+
+
+class Store:
+    """The Redis operations of redsession, as generators of commands."""
+
+    def __init__(self, keys: Keys, settings: Settings, *, cluster: bool = False) -> None:
+        self.keys = keys
+        self.cluster = cluster
+        self._prefs_ms = int(settings.preferences_ttl.total_seconds() * 1000)
+        self._tomb_ms = int(settings.session_ttl.total_seconds() * 1000)
+        self._index_keys = () if cluster else keys.index_keys()
+        self._user_parts = ("", "", "") if cluster else keys.user_key_parts()
+
+    # -- session scripts ---------------------------------------------------------------
+
+    def _eval(
+        self, script: scripts.Script, sid: str, owner: str | None, t: Stamp, *extra: Arg
+    ) -> Eval:
+        return Eval(
+            script,
+            self.keys.session_keys(sid) + self._index_keys,
+            (
+                *self._user_parts,
+                t.activity, t.expires, t.expires // 1000, t.now, self._prefs_ms,
+                owner or "", sid, *extra,
+            ),
+        )  # fmt: skip
+
+    def _run(
+        self, script: scripts.Script, sid: str, owner: str | None, t: Stamp, *extra: Arg
+    ) -> Op[list[Reply]]:
+        reply: list[Reply] = yield self._eval(script, sid, owner, t, *extra)
+        status = text(reply[0])
+        if status in ("ok", "conflict", "limit"):
+            return [status, *reply[1:]]
+        if status == "exists":
+            raise SessionExists(f"session {sid!r} already exists (or was deleted or merged)")
+        if status == "denied":
+            raise PermissionDenied(sid)
+        if status == "gone":
+            tomb = text(reply[1])
+            if tomb.startswith("merged:"):
+                raise SessionMerged(sid, tomb.removeprefix("merged:"))
+            raise SessionNotFound(sid, f"session {sid!r} was deleted")
+        raise SessionNotFound(sid)
+
+    def create(self, sid: str, uid: str, context: bytes, created: int, t: Stamp) -> Op[None]:
+        yield from self._run(scripts.CREATE, sid, None, t, uid, context, created)
+        yield from self._index(sid, uid, t)
+
+    def fetch(
+        self, sid: str, owner: str | None, t: Stamp, *, touch: bool, history: int
+    ) -> Op[tuple[dict[str, str], list[Reply]]]:
+        _, flat, hist = yield from self._run(
+            scripts.FETCH, sid, owner, t, "1" if touch else "0", history
+        )
+        h = flat_to_dict(flat)
+        if touch:
+            yield from self._index(sid, h["user_id"], t)
+        return h, hist
+
+    def history(
+        self, sid: str, owner: str | None, t: Stamp, limit: int | None, before: int | None
+    ) -> Op[list[Reply]]:
+        _, _, items = yield from self._run(
+            scripts.HISTORY, sid, owner, t,
+            "" if limit is None else limit, "" if before is None else before,
+        )  # fmt: skip
+        return list(items)
+
+    def log(
+        self, sid: str, owner: str | None, record: bytes, topics: Sequence[str],
+        max_topics: int, t: Stamp,
+    ) -> Op[tuple[str, int]]:  # fmt: skip
+        """Append one record; returns (status, log length). Status 'limit': too many topics."""
+        reply = yield from self._run(scripts.LOG, sid, owner, t, record, max_topics, *topics)
+        if reply[0] == "limit":
+            return "limit", int(reply[1])
+        yield from self._index(sid, text(reply[1]), t)
+        return "ok", int(reply[2])
+
+    def update_context(
+        self, sid: str, owner: str | None, expected_version: int, context: bytes, t: Stamp
+    ) -> Op[bool]:
+        """Compare-and-set the context; False when another writer changed it first."""
+        reply = yield from self._run(
+            scripts.UPDATE_CONTEXT, sid, owner, t, expected_version, context
+        )
+        if reply[0] == "conflict":
+            return False
+        yield from self._index(sid, text(reply[2]), t)
+        return True
+
+    def delete(
+        self, sid: str, owner: str | None, tomb: str, t: Stamp,
+        expect: tuple[int, int] | None = None,
+    ) -> Op[bool]:  # fmt: skip
+        """Replace the session by a tombstone; False if ``expect`` (version, total) is stale."""
+        version, total = expect if expect else ("", "")
+        reply = yield from self._run(
+            scripts.DELETE, sid, owner, t, tomb, self._tomb_ms, version, total
+        )
+        if reply[0] == "conflict":
+            return False
+        yield from self._unindex(sid, text(reply[1]), t)
+        return True
+
+    def write(
+        self, sid: str, uid: str, fields: list[str | bytes], records: Sequence[bytes],
+        t: Stamp, *, mode: str, expect: tuple[int, int] | None = None,
+    ) -> Op[bool]:  # fmt: skip
+        """Replace a whole session (mode 'new', 'replace' or 'cas'); False on a CAS conflict."""
+        version, total = expect if expect else ("", "")
+        reply = yield from self._run(
+            scripts.WRITE, sid, None, t, mode, version, total, len(fields), *fields, *records
+        )
+        if reply[0] == "conflict":
+            return False
+        old = text(reply[1])
+        if old and old != uid:
+            yield from self._unindex(sid, old, t)
+        yield from self._index(sid, uid, t)
+        return True
+
+    # -- the cross-slot index step on a cluster (single servers do it inside the script) --
+
+    def _index(self, sid: str, uid: str, t: Stamp) -> Op[None]:
+        if not self.cluster:
+            return
+        k = self.keys
+        yield Batch((
+            ("ZADD", k.user_sessions(uid), t.activity, sid),
+            ("PEXPIRE", k.user_prefs(uid), self._prefs_ms),
+            ("ZADD", k.sessions, t.activity, sid),
+            ("ZADD", k.users, "GT", t.activity, uid),
+            ("ZADD", k.expiry, t.expires, expiry_member(sid, uid)),
+            ("ZADD", k.dirty, t.now, sid),
+        ))  # fmt: skip
+
+    def _unindex(self, sid: str, uid: str, t: Stamp) -> Op[None]:
+        if not self.cluster:
+            return
+        k = self.keys
+        yield Batch((
+            ("ZREM", k.user_sessions(uid), sid),
+            ("ZREM", k.sessions, sid),
+            ("ZREM", k.expiry, expiry_member(sid, uid)),
+            ("ZADD", k.dirty, t.now, sid),
+        ))  # fmt: skip
+
+    # -- indexes and listings ----------------------------------------------------------
+
+    def page(self, uid: str | None, offset: int, count: int) -> Op[list[str]]:
+        """Session ids by last activity, newest first."""
+        key = self.keys.sessions if uid is None else self.keys.user_sessions(uid)
+        (ids,) = yield Batch((("ZREVRANGE", key, offset, offset + count - 1),))
+        return [text(i) for i in ids]
+
+    def summaries(self, sids: Sequence[str]) -> Op[list[dict[str, str] | None]]:
+        """The summary fields of each session, None for those gone from Redis."""
+        if not sids:
+            return []
+        rows = yield Batch(tuple(("HMGET", self.keys.session(s), *SUMMARY_FIELDS) for s in sids))
+        return [
+            None if row[0] is None else {f: text(v) for f, v in zip(SUMMARY_FIELDS, row)}
+            for row in rows
+        ]
+
+    def exists(self, sids: Sequence[str]) -> Op[list[bool]]:
+        if not sids:
+            return []
+        rows = yield Batch(tuple(("EXISTS", self.keys.session(s)) for s in sids))
+        return [bool(r) for r in rows]
+
+    def expired(self, cutoff: int, count: int) -> Op[list[tuple[str, str, int]]]:
+        """Up to ``count`` (sid, uid, expires_at) whose index entry says they have expired."""
+        (flat,) = yield Batch(
+            (("ZRANGEBYSCORE", self.keys.expiry, "-inf", cutoff, "WITHSCORES", "LIMIT", 0, count),)
+        )
+        out = []
+        for member, score in _pairs(flat):
+            sid, uid = split_expiry_member(member)
+            out.append((sid, uid, score))
+        return out
+
+    def count_expiring(self, start: int, stop: int) -> Op[int]:
+        (n,) = yield Batch((("ZCOUNT", self.keys.expiry, start, stop),))
+        return int(n)
+
+    def forget(self, entries: Sequence[tuple[str, str, int]], now: int) -> Op[list[str]]:
+        """Drop index entries of expired sessions; marks them dirty so the dump drops files.
+
+        Only entries whose expiry score is unchanged go: a session revived meanwhile stays.
+        """
+        if not entries:
+            return []
+        args: list[Arg] = []
+        for sid, uid, score in entries:
+            args += [expiry_member(sid, uid), score]
+        removed = yield Eval(scripts.REMOVE_IF_SCORE, (self.keys.expiry,), tuple(args))
+        gone = {text(m) for m in removed}
+        cmds: list[tuple[Arg, ...]] = []
+        users = set()
+        sids = []
+        for sid, uid, _ in entries:
+            if expiry_member(sid, uid) in gone:
+                sids.append(sid)
+                users.add(uid)
+                cmds += [
+                    ("ZREM", self.keys.user_sessions(uid), sid),
+                    ("ZREM", self.keys.sessions, sid),
+                    ("ZADD", self.keys.dirty, now, sid),
+                ]
+        if cmds:
+            yield Batch(tuple(cmds))
+            # A user with no sessions left leaves the users index.
+            ulist = sorted(users)
+            sizes = yield Batch(tuple(("ZCARD", self.keys.user_sessions(u)) for u in ulist))
+            empty = [u for u, n in zip(ulist, sizes) if int(n) == 0]
+            if empty:
+                yield Batch((("ZREM", self.keys.users, *empty),))
+        return sids
+
+    def dirty(self, count: int) -> Op[list[tuple[str, int]]]:
+        """Up to ``count`` (sid, stamp) changed since their last dump, oldest change first."""
+        (flat,) = yield Batch((("ZRANGE", self.keys.dirty, 0, count - 1, "WITHSCORES"),))
+        return [(m, s) for m, s in _pairs(flat)]
+
+    def clear_dirty(self, entries: Sequence[tuple[str, int]]) -> Op[int]:
+        """Unmark dumped sessions, unless they changed again after ``stamp``."""
+        if not entries:
+            return 0
+        args: list[Arg] = [a for sid, stamp in entries for a in (sid, stamp)]
+        removed = yield Eval(scripts.REMOVE_IF_SCORE, (self.keys.dirty,), tuple(args))
+        return len(removed)
+
+    # -- preferences ---------------------------------------------------------------------
+
+    def set_prefs(self, uid: str, values: dict[str, bytes], remove: Sequence[str]) -> Op[None]:
+        key = self.keys.user_prefs(uid)
+        cmds: list[tuple[Arg, ...]] = []
+        if values:
+            cmds.append(("HSET", key, *(a for kv in values.items() for a in kv)))
+        if remove:
+            cmds.append(("HDEL", key, *remove))
+        cmds.append(("PEXPIRE", key, self._prefs_ms))
+        yield Batch(tuple(cmds))
+
+    def get_prefs(self, uid: str) -> Op[dict[str, str]]:
+        (h,) = yield Batch((("HGETALL", self.keys.user_prefs(uid)),))
+        return _hash(h)
+
+    # -- stats ---------------------------------------------------------------------------
+
+    def counts(self) -> Op[tuple[int, int, list[tuple[str, int]], list[tuple[str, int]], int]]:
+        """(sessions, users, oldest, newest, used memory)."""
+        k = self.keys
+        n_s, n_u, oldest, newest, info = yield Batch((
+            ("ZCARD", k.sessions),
+            ("ZCARD", k.users),
+            ("ZRANGE", k.sessions, 0, 0, "WITHSCORES"),
+            ("ZREVRANGE", k.sessions, 0, 0, "WITHSCORES"),
+            ("INFO", "memory"),
+        ))  # fmt: skip
+        return int(n_s), int(n_u), _pairs(oldest), _pairs(newest), _used_memory(info)
+
+    def totals(self, sids: Sequence[str]) -> Op[int]:
+        if not sids:
+            return 0
+        field = "total_interactions"
+        rows = yield Batch(tuple(("HGET", self.keys.session(s), field) for s in sids))
+        return sum(int(r) for r in rows if r is not None)
+
+
+def _pairs(reply: Reply) -> list[tuple[str, int]]:
+    """A WITHSCORES reply (RESP2 flat list or RESP3 pairs) as (member, integer score)."""
+    if reply and isinstance(reply[0], (list, tuple)):
+        return [(text(m), int(float(s))) for m, s in reply]
+    it = iter(reply)
+    return [(text(m), int(float(s))) for m, s in zip(it, it)]
+
+
+def _hash(reply: Reply) -> dict[str, str]:
+    if isinstance(reply, dict):
+        return {text(k): text(v) for k, v in reply.items()}
+    return flat_to_dict(reply)
+
+
+def _used_memory(info: Reply) -> int:
+    if isinstance(info, dict):
+        return int(info.get("used_memory", 0))
+    for line in text(info).splitlines():
+        if line.startswith("used_memory:"):
+            return int(line.partition(":")[2])
+    return 0
+
+
+# -- drivers: the only place that does the I/O -------------------------------------------
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as e:
+        raise StorageUnavailable(f"Redis is unavailable: {e}") from e
+    except RedisError as e:
+        raise StorageError(f"Redis refused the command: {e}") from e
+
+
+def _evalsha_args(cmd: Eval) -> tuple[Arg, ...]:
+    return (cmd.script.sha, len(cmd.keys), *cmd.keys, *cmd.args)
+
+
+class SyncDriver:
+    """Runs store operations on a redis-py client (standalone or cluster)."""
+
+    def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
+        self.client = client
+
+    def run(self, op: Op[T]) -> T:
+        with _storage_errors():
+            try:
+                cmd = next(op)
+                while True:
+                    cmd = op.send(self._execute(cmd))
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+
+    def _execute(self, cmd: Cmd) -> Reply:
+        if isinstance(cmd, Eval):
+            try:
+                return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+            except NoScriptError:
+                self.client.script_load(cmd.script.source)
+                return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+        if len(cmd.commands) == 1:
+            return [self.client.execute_command(*cmd.commands[0])]  # type: ignore[no-untyped-call]
+        pipe = self.client.pipeline(transaction=False)
+        for c in cmd.commands:
+            pipe.execute_command(*c)
+        return pipe.execute()
+
+
+class AsyncDriver:
+    """Runs store operations on a redis.asyncio client; never blocks the event loop."""
+
+    def __init__(self, client: redis.asyncio.Redis | redis.asyncio.RedisCluster) -> None:
+        self.client = client
+
+    async def run(self, op: Op[T]) -> T:
+        with _storage_errors():
+            try:
+                cmd = next(op)
+                while True:
+                    cmd = op.send(await self._execute(cmd))
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+
+    async def _execute(self, cmd: Cmd) -> Reply:
+        if isinstance(cmd, Eval):
+            try:
+                return await self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+            except NoScriptError:
+                await self.client.script_load(cmd.script.source)
+                return await self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+        if len(cmd.commands) == 1:
+            return [await self.client.execute_command(*cmd.commands[0])]
+        pipe = self.client.pipeline(transaction=False)
+        for c in cmd.commands:
+            pipe.execute_command(*c)
+        return await pipe.execute()
