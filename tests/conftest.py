@@ -5,7 +5,7 @@ The server binary follows REDSESSION_SERVER_BIN (auto, redis, valkey, wheel or a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import fakeredis
 import pytest
 import redis
 
+from redsession import AsyncSessionManager, SessionManager
 from redsession.embedded import RedisServer
 
 ServerFactory = Callable[..., RedisServer]
@@ -68,3 +69,30 @@ def fake_redis() -> Iterator[fakeredis.FakeRedis]:
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
     yield client
     client.close()
+
+
+@pytest.fixture
+def make_manager(redis_url: str) -> Iterator[Callable[..., SessionManager]]:
+    """``make_manager(**settings)``: SessionManagers on the emptied shared server."""
+    made: list[SessionManager] = []
+
+    def factory(**settings: Any) -> SessionManager:
+        m = SessionManager.from_url(redis_url, **settings)
+        made.append(m)
+        return m
+
+    yield factory
+    for m in made:
+        m.close()
+
+
+@pytest.fixture
+def manager(make_manager: Callable[..., SessionManager]) -> SessionManager:
+    return make_manager()
+
+
+@pytest.fixture
+async def amanager(redis_url: str) -> AsyncIterator[AsyncSessionManager]:
+    m = AsyncSessionManager.from_url(redis_url)
+    yield m
+    await m.close()
