@@ -40,15 +40,18 @@ def test_create_generates_a_128_bit_url_safe_id(manager: SessionManager) -> None
     ids = {manager.create_session("alice").session_id for _ in range(50)}
     assert len(ids) == 50
     for sid in ids:
-        assert len(sid) == 22 and sid.replace("-", "").replace("_", "").isalnum()
+        assert len(sid) == 22
+        assert sid.replace("-", "").replace("_", "").isalnum()
 
 
 def test_create_with_client_id_and_context(manager: SessionManager) -> None:
     s = manager.create_session("alice", context={"lang": "en", "n": {"x": 1}}, session_id="my-1")
     assert s.session_id == "my-1"
     got = manager.get_session("my-1")
-    assert got.user_id == "alice" and got.context == {"lang": "en", "n": {"x": 1}}
-    assert got.total_interactions == 0 and got.history == []
+    assert got.user_id == "alice"
+    assert got.context == {"lang": "en", "n": {"x": 1}}
+    assert got.total_interactions == 0
+    assert got.history == []
     with pytest.raises(SessionExists):
         manager.create_session("bob", session_id="my-1")
 
@@ -111,9 +114,11 @@ def test_create_or_resume_contract(manager: SessionManager) -> None:
     sid = manager.create_session("alice").session_id
     assert manager.create_or_resume_session("alice", sid) == sid
     other = manager.create_or_resume_session("bob", sid)  # not bob's: a new session
-    assert other != sid and manager.get_session(other).user_id == "bob"
+    assert other != sid
+    assert manager.get_session(other).user_id == "bob"
     fresh = manager.create_or_resume_session("alice", "never-existed")
-    assert fresh != "never-existed" and manager.get_session(fresh).user_id == "alice"
+    assert fresh != "never-existed"
+    assert manager.get_session(fresh).user_id == "alice"
     new = manager.create_or_resume_session("alice")
     assert new not in (sid, fresh)
     with pytest.raises(InvalidSessionId):
@@ -193,7 +198,8 @@ def test_deep_metadata_and_topic_limits(make_manager: MakeManager) -> None:
     with pytest.raises(PayloadTooLarge):
         _log(m, sid, "b", topics=["t3", "t4"])
     s = m.get_session(sid)
-    assert s.total_interactions == 1 and s.topics == ["t1", "t2"]
+    assert s.total_interactions == 1
+    assert s.topics == ["t1", "t2"]
 
 
 def test_unknown_session(manager: SessionManager) -> None:
@@ -303,8 +309,10 @@ def test_concurrent_context_patches_all_land(make_manager: MakeManager) -> None:
 
 
 def test_update_context_deep_merge(manager: SessionManager) -> None:
-    sid = manager.create_session("alice", context={"a": {"b": 1, "c": 2}, "d": 3, "e": [1]}).session_id
-    s = manager.update_context(sid, {"a": {"b": None, "x": {"y": 1}}, "d": None, "e": {"now": "dict"}})
+    ctx = {"a": {"b": 1, "c": 2}, "d": 3, "e": [1]}
+    sid = manager.create_session("alice", context=ctx).session_id
+    patch = {"a": {"b": None, "x": {"y": 1}}, "d": None, "e": {"now": "dict"}}
+    s = manager.update_context(sid, patch)
     assert s.context == {"a": {"c": 2, "x": {"y": 1}}, "e": {"now": "dict"}}
     assert manager.get_session(sid).context == s.context
     assert s.version == 1
@@ -389,7 +397,8 @@ def test_export_import_round_trip_exact(manager: SessionManager, redis_client: r
         _log(manager, sid, f"m{n}", metadata={"n": n}, topics=[f"t{n % 2}"])
     manager.update_context(sid, {"more": True})
     doc = manager.export_session_data(sid)
-    assert doc["format"] == "redsession.session" and doc["version"] == 1
+    assert doc["format"] == "redsession.session"
+    assert doc["version"] == 1
     assert len(doc["interactions"]) == 5
     ttl = redis_client.pexpiretime(K.session(sid))
     redis_client.flushall()
@@ -466,7 +475,8 @@ def test_merge_semantics(manager: SessionManager) -> None:
     assert len(manager.list_active_sessions("alice").sessions) == 1
     # Idempotent: again, same answer, nothing duplicated.
     again = manager.merge_sessions(a, b)
-    assert again.total_interactions == 4 and manager.get_session(a).version == merged.version
+    assert again.total_interactions == 4
+    assert manager.get_session(a).version == merged.version
 
 
 def test_merge_refusals(manager: SessionManager) -> None:
@@ -500,7 +510,8 @@ def test_cleanup_removes_only_expired_index_entries(
     assert long.cleanup_expired_sessions() == 6
     assert long.cleanup_expired_sessions() == 0
     assert sorted(s.session_id for s in long.list_active_sessions("alice").sessions) == sorted(live)
-    assert redis_client.zcard(K.sessions) == 3 and redis_client.zcard(K.expiry) == 3
+    assert redis_client.zcard(K.sessions) == 3
+    assert redis_client.zcard(K.expiry) == 3
     assert redis_client.zrange(K.users, 0, -1) == [b"alice"]
     assert not redis_client.exists(K.user_sessions("bob"))
     # Expired sessions are marked so the next dump removes their files.
@@ -518,7 +529,8 @@ def test_stats(manager: SessionManager) -> None:
     st = manager.stats()
     assert (st.sessions, st.users, st.interactions, st.expiring_24h) == (2, 2, 3, 0)
     assert st.redis_used_memory > 0
-    assert st.oldest_activity is not None and st.newest_activity is not None
+    assert st.oldest_activity is not None
+    assert st.newest_activity is not None
     assert st.oldest_activity <= st.newest_activity
 
 
