@@ -1,0 +1,56 @@
+"""Input validation (no server)."""
+
+from __future__ import annotations
+
+import pytest
+
+from redsession import validation as check
+from redsession.errors import InvalidInput, InvalidSessionId, PayloadTooLarge
+from redsession.models import from_us, to_us, utcnow
+
+
+def test_ids() -> None:
+    assert check.session_id("A-z_09") == "A-z_09"
+    assert check.user_id("alice@example.com") == "alice@example.com"
+    assert check.user_id("tenant:42") == "tenant:42"
+    for bad in ("", "a/b", "a.b", "x" * 129, "{a}", " a", "ü"):
+        with pytest.raises(InvalidSessionId):
+            check.session_id(bad)
+    for bad in ("", "a b", "{a}", "x" * 257, "a\nb"):
+        with pytest.raises(InvalidSessionId):
+            check.user_id(bad)
+
+
+def test_text_limits_count_utf8_bytes() -> None:
+    assert check.text("é" * 5, "m", 10) == "é" * 5
+    with pytest.raises(PayloadTooLarge):
+        check.text("é" * 6, "m", 10)
+    with pytest.raises(InvalidInput):
+        check.text(b"bytes", "m", 10)
+
+
+def test_json_object() -> None:
+    assert check.json_object({"a": [1, 2.5, None, True, "x"]}, "c", max_bytes=100, max_depth=3)
+    with pytest.raises(PayloadTooLarge):
+        check.json_object({"a": {"b": {"c": {}}}}, "c", max_bytes=100, max_depth=3)
+    with pytest.raises(PayloadTooLarge):
+        check.json_object({"a": "x" * 100}, "c", max_bytes=50, max_depth=3)
+    for bad in ({"a": float("inf")}, {"a": {1, 2}}, {2: "int key"}, [1], "s", {"a": 2**64}):
+        with pytest.raises(InvalidInput):
+            check.json_object(bad, "c", max_bytes=100, max_depth=3)
+
+
+def test_topics() -> None:
+    assert check.topics(["a", "b", "a"], 5) == ["a", "b"]
+    assert check.topics(None, 5) == []
+    for bad in ("ab", [1], [""], ["x" * 257]):
+        with pytest.raises(InvalidInput):
+            check.topics(bad, 5)
+    with pytest.raises(PayloadTooLarge):
+        check.topics(["a", "b", "c"], 2)
+
+
+def test_microsecond_timestamps_are_exact() -> None:
+    now = utcnow()
+    assert from_us(to_us(now)) == now
+    assert len({check.new_session_id() for _ in range(1000)}) == 1000
