@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     socket_timeout: float = Field(default=5.0, gt=0)
     # Connecting is separate from answering: a dead host should fail fast.
     connect_timeout: float = Field(default=2.0, gt=0)
+    # Connections per client pool; callers beyond it wait (up to socket_timeout) for one.
+    max_connections: int = Field(default=64, gt=0)
 
     # One message (user or assistant) at most this many UTF-8 bytes: bounds Redis memory per call.
     max_message_bytes: int = Field(default=MiB, gt=0)

@@ -55,6 +55,12 @@ def _options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _pool(settings: Settings) -> dict[str, Any]:
+    # A caller beyond max_connections waits for a free connection (up to the socket
+    # timeout) instead of failing at once with "Too many connections".
+    return {"max_connections": settings.max_connections, "timeout": settings.socket_timeout}
+
+
 def _tls_options(settings: Settings) -> dict[str, Any]:
     """Client TLS options for rediss:// forms, beyond redis-py's defaults (verify the server).
 
@@ -163,7 +169,8 @@ def sync_client(url: str | None, settings: Settings) -> SyncClient:
         if t.kind == "single":
             if t.tls:
                 opts.pop("ssl")  # implied by the rediss:// scheme
-            return redis.Redis.from_url(t.url, **opts)
+            pool = redis.BlockingConnectionPool.from_url(t.url, **_pool(settings), **opts)
+            return redis.Redis.from_pool(pool)  # the client owns (and closes) the pool
         if t.kind == "cluster":
             nodes = [redis.cluster.ClusterNode(h, p) for h, p in t.nodes]  # type: ignore[no-untyped-call]
             return redis.RedisCluster(startup_nodes=nodes, **opts, **_auth(t))
@@ -190,7 +197,8 @@ def async_client(url: str | None, settings: Settings) -> AsyncClient:
         if t.kind == "single":
             if t.tls:
                 opts.pop("ssl")
-            return redis.asyncio.Redis.from_url(t.url, **opts)
+            apool = redis.asyncio.BlockingConnectionPool.from_url(t.url, **_pool(settings), **opts)
+            return redis.asyncio.Redis.from_pool(apool)
         if t.kind == "cluster":
             nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in t.nodes]
             return redis.asyncio.RedisCluster(startup_nodes=nodes, **opts, **_auth(t))
