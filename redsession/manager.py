@@ -18,7 +18,16 @@ from redsession.config import Settings
 from redsession.connection import async_client, sync_client
 from redsession.core import SessionCore
 from redsession.keys import Keys
-from redsession.models import Interaction, Session, SessionExport, SessionPage, StoreStats, utcnow
+from redsession.models import (
+    Interaction,
+    Session,
+    SessionExport,
+    SessionPage,
+    StoreStats,
+    to_us,
+    utcnow,
+)
+from redsession.repair import RepairReport, repair_op
 from redsession.store import AsyncDriver, Store, SyncDriver
 
 M = TypeVar("M", bound="_Base")
@@ -206,6 +215,10 @@ class SessionManager(_Base):
     def mark_dumped(self, entries: Sequence[tuple[str, int]]) -> int:
         return self._driver.run(self.core.mark_dumped(entries))
 
+    def repair_indexes(self) -> RepairReport:
+        """Rebuild every index entry from the session hashes and drop stale ones (SCAN)."""
+        return self._driver.run(repair_op(self.core.store, to_us(self.core.clock())))
+
 
 class AsyncSessionManager(_Base):
     """Sessions in Redis, for asyncio code: the same operations as SessionManager."""
@@ -354,3 +367,6 @@ class AsyncSessionManager(_Base):
 
     async def mark_dumped(self, entries: Sequence[tuple[str, int]]) -> int:
         return await self._driver.run(self.core.mark_dumped(entries))
+
+    async def repair_indexes(self) -> RepairReport:
+        return await self._driver.run(repair_op(self.core.store, to_us(self.core.clock())))

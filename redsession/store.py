@@ -51,7 +51,20 @@ class Batch:
     commands: tuple[tuple[Arg, ...], ...]
 
 
-Cmd = Eval | Batch
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """One page of SCAN (on a cluster: over every primary); reply (next cursor or None, keys).
+
+    The cursor is opaque to the caller: an int on one server, {node name: int} on a cluster.
+    """
+
+    match: str
+    type: str
+    count: int
+    cursor: Any = None
+
+
+Cmd = Eval | Batch | Scan
 Op = Generator[Cmd, Any, T]
 
 SUMMARY_FIELDS = ("user_id", "created_at", "last_activity", "total_interactions", "expires_at")
@@ -300,6 +313,68 @@ class Store:
         removed = yield Eval(scripts.REMOVE_IF_SCORE, (self.keys.dirty,), tuple(args))
         return len(removed)
 
+    # -- repair: SCAN, for redsession.repair only (never on a runtime path) ---------------
+
+    def scan_sessions(self, cursor: Any, count: int) -> Op[tuple[Any, list[str]]]:
+        """One SCAN page of the session hashes: (next cursor or None at the end, their ids)."""
+        head, tail = self.keys.session("*").split("*")
+        return (yield from self._scan(head, tail, "hash", cursor, count))
+
+    def scan_user_indexes(self, cursor: Any, count: int) -> Op[tuple[Any, list[str]]]:
+        """One SCAN page of the per-user session indexes: (next cursor, user ids)."""
+        head, tail = self.keys.user_sessions("*").split("*")
+        return (yield from self._scan(head, tail, "zset", cursor, count))
+
+    def _scan(
+        self, head: str, tail: str, type_: str, cursor: Any, count: int
+    ) -> Op[tuple[Any, list[str]]]:
+        nxt, raw = yield Scan(f"{head}*{tail}", type_, count, cursor)
+        names = [text(k) for k in raw]
+        return nxt, [n[len(head) : len(n) - len(tail)] for n in names]
+
+    def zscan(self, key: str, cursor: int, count: int) -> Op[tuple[int, list[tuple[str, int]]]]:
+        """One ZSCAN page of an index: (next cursor, 0 at the end; (member, score) pairs)."""
+        ((nxt, pairs),) = yield Batch((("ZSCAN", key, cursor, "COUNT", count),))
+        return int(nxt), [(text(m), int(float(sc))) for m, sc in pairs]
+
+    def reindex(self, rows: Sequence[tuple[str, str, int, int]]) -> Op[int]:
+        """Put (sid, uid, last activity, expires_at) into every index; returns entries added.
+
+        GT: an entry never moves back in time, so a write racing the repair keeps its score.
+        """
+        k = self.keys
+        cmds: list[tuple[Arg, ...]] = []
+        for sid, uid, activity, expires in rows:
+            cmds += [
+                ("ZADD", k.user_sessions(uid), "GT", activity, sid),
+                ("ZADD", k.sessions, "GT", activity, sid),
+                ("ZADD", k.users, "GT", activity, uid),
+                ("ZADD", k.expiry, "GT", expires, expiry_member(sid, uid)),
+            ]
+        if not cmds:
+            return 0
+        added = yield Batch(tuple(cmds))
+        return sum(int(n) for n in added)
+
+    def remove_if_score(self, key: str, entries: Sequence[tuple[str, int]]) -> Op[list[str]]:
+        """Remove members whose score is still the one read: a concurrent write keeps its entry."""
+        if not entries:
+            return []
+        args = tuple(a for member, score in entries for a in (member, score))
+        removed = yield Eval(scripts.REMOVE_IF_SCORE, (key,), args)
+        return [text(m) for m in removed]
+
+    def mark_dirty(self, sids: Sequence[str], now: int) -> Op[None]:
+        """So the next dump writes (or, for a gone session, removes) their files."""
+        if sids:
+            yield Batch((("ZADD", self.keys.dirty, *(a for s in sids for a in (now, s))),))
+
+    def user_index_sizes(self, uids: Sequence[str]) -> Op[list[int]]:
+        if not uids:
+            return []
+        sizes = yield Batch(tuple(("ZCARD", self.keys.user_sessions(u)) for u in uids))
+        return [int(n) for n in sizes]
+
     # -- preferences ---------------------------------------------------------------------
 
     def set_prefs(self, uid: str, values: dict[str, bytes], remove: Sequence[str]) -> Op[None]:
@@ -395,10 +470,14 @@ class SyncDriver:
                 return result
 
     def _execute(self, cmd: Cmd) -> Reply:
+        if isinstance(cmd, Scan):
+            return self._scan(cmd)
         if isinstance(cmd, Eval):
             try:
                 return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
             except NoScriptError:
+                # On a cluster SCRIPT LOAD goes to every primary; NOSCRIPT comes back
+                # after a failover or a SCRIPT FLUSH, as scripts are cached per node.
                 self.client.script_load(cmd.script.source)
                 return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
         if len(cmd.commands) == 1:
@@ -407,6 +486,23 @@ class SyncDriver:
         for c in cmd.commands:
             pipe.execute_command(*c)
         return pipe.execute()
+
+    def _scan(self, cmd: Scan) -> Reply:
+        kw: dict[str, Any] = {"match": cmd.match, "count": cmd.count, "_type": cmd.type}
+        if not isinstance(self.client, redis.RedisCluster):
+            cur, keys = self.client.scan(cmd.cursor or 0, **kw)
+            return cur or None, keys
+        # redis-py types scan() for one server; on a cluster cursors come per node.
+        reply: Any
+        if cmd.cursor is None:
+            reply = self.client.scan(**kw)  # cursor 0 on every primary at once
+            cursors, keys = reply
+        else:
+            name, cur = next(iter(cmd.cursor.items()))
+            node = self.client.get_node(node_name=name)  # type: ignore[no-untyped-call]
+            reply = self.client.scan(cur, target_nodes=node, **kw)
+            cursors, keys = {**cmd.cursor, **reply[0]}, reply[1]
+        return _next_cursors(cursors), keys
 
 
 class AsyncDriver:
@@ -426,6 +522,8 @@ class AsyncDriver:
                 return result
 
     async def _execute(self, cmd: Cmd) -> Reply:
+        if isinstance(cmd, Scan):
+            return await self._scan(cmd)
         if isinstance(cmd, Eval):
             try:
                 return await self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
@@ -438,3 +536,25 @@ class AsyncDriver:
         for c in cmd.commands:
             pipe.execute_command(*c)
         return await pipe.execute()
+
+    async def _scan(self, cmd: Scan) -> Reply:
+        kw: dict[str, Any] = {"match": cmd.match, "count": cmd.count, "_type": cmd.type}
+        if not isinstance(self.client, redis.asyncio.RedisCluster):
+            cur, keys = await self.client.scan(cmd.cursor or 0, **kw)
+            return cur or None, keys
+        # redis-py types scan() for one server; on a cluster cursors come per node.
+        reply: Any
+        if cmd.cursor is None:
+            reply = await self.client.scan(**kw)  # cursor 0 on every primary at once
+            cursors, keys = reply
+        else:
+            name, cur = next(iter(cmd.cursor.items()))
+            node = self.client.get_node(node_name=name)
+            reply = await self.client.scan(cur, target_nodes=node, **kw)
+            cursors, keys = {**cmd.cursor, **reply[0]}, reply[1]
+        return _next_cursors(cursors), keys
+
+
+def _next_cursors(cursors: dict[str, int]) -> dict[str, int] | None:
+    left = {name: int(c) for name, c in cursors.items() if int(c)}
+    return left or None
