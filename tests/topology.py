@@ -195,7 +195,9 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
         yield cluster
 
 
-def cluster_manager(cluster: Cluster, settings: Settings | None = None, **kw: Any) -> SessionManager:
+def cluster_manager(
+    cluster: Cluster, settings: Settings | None = None, **kw: Any
+) -> SessionManager:
     """Empty ``cluster`` and return a SessionManager on it (close it when done).
 
     ``settings`` (or Settings(**kw)) gives timeouts, prefix and limits; the URL is the cluster's.
@@ -259,10 +261,13 @@ class SentinelSetup:
                 self.sentinel_ports.append(port)
                 self._sentinels.append(
                     subprocess.Popen(
-                        [binary, str(conf), "--sentinel"], cwd=folder,
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                        start_new_session=True, preexec_fn=_die_with_parent_hook(),
-                    )  # fmt: skip
+                        [binary, str(conf), "--sentinel"],
+                        cwd=folder,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        start_new_session=True,
+                        preexec_fn=_die_with_parent_hook(),
+                    )
                 )
             _wait("sentinels", self._sentinels_agree)
         except BaseException:
@@ -287,9 +292,7 @@ class SentinelSetup:
     def master_port(self) -> int:
         """The master as the sentinels currently name it."""
         with _client(self.sentinel_ports[0]) as c:
-            _, port = c.execute_command(
-                "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
-            )
+            _, port = c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
         return int(port)
 
     def stop(self) -> None:
