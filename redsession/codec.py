@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from redsession.crypto import Cipher
 from redsession.errors import CorruptData
 from redsession.models import Interaction, Session, SessionRecord, from_us, to_us
 
@@ -30,7 +31,12 @@ def loads(data: bytes | str, what: str) -> Any:
         raise CorruptData(f"{what} in Redis is not valid JSON: {e}") from e
 
 
-def encode_interaction(i: Interaction) -> bytes:
+def encode_interaction(i: Interaction, cipher: Cipher) -> bytes:
+    """The stored record: the interaction as JSON, sealed when encryption is on."""
+    return cipher.seal(_interaction_json(i))
+
+
+def _interaction_json(i: Interaction) -> bytes:
     return orjson.dumps(
         {
             "id": i.id,
@@ -44,14 +50,14 @@ def encode_interaction(i: Interaction) -> bytes:
     )
 
 
-def decode_interactions(raw: Iterable[bytes | str]) -> list[Interaction]:
+def decode_interactions(raw: Iterable[bytes | str], cipher: Cipher) -> list[Interaction]:
     try:
-        return [Interaction.model_validate_json(r) for r in raw]
+        return [Interaction.model_validate_json(cipher.open(r, "an interaction")) for r in raw]
     except ValidationError as e:
         raise CorruptData(f"an interaction record in Redis is malformed: {e}") from e
 
 
-def record_from_hash(sid: str, h: dict[str, str]) -> SessionRecord:
+def record_from_hash(sid: str, h: dict[str, str], cipher: Cipher) -> SessionRecord:
     try:
         return SessionRecord(
             session_id=sid,
@@ -59,7 +65,7 @@ def record_from_hash(sid: str, h: dict[str, str]) -> SessionRecord:
             created_at=from_us(int(h["created_at"])),
             last_activity=from_us(int(h["last_activity"])),
             total_interactions=int(h["total_interactions"]),
-            context=loads(h["context"], "context"),
+            context=loads(cipher.open(h["context"], "a context"), "context"),
             topics=loads(h["topics"], "topics"),
             version=int(h["version"]),
             merged_from=loads(h["merged_from"], "merged_from"),
@@ -75,8 +81,10 @@ def expires_from_hash(sid: str, h: dict[str, str]) -> int:
         raise CorruptData(f"session {sid!r} in Redis has no valid expires_at") from e
 
 
-def session_from_hash(sid: str, h: dict[str, str], history: list[Interaction]) -> Session:
-    rec = record_from_hash(sid, h)
+def session_from_hash(
+    sid: str, h: dict[str, str], history: list[Interaction], cipher: Cipher
+) -> Session:
+    rec = record_from_hash(sid, h, cipher)
     return Session(
         **rec.model_dump(),
         expires_at=from_us(expires_from_hash(sid, h)),
@@ -84,7 +92,7 @@ def session_from_hash(sid: str, h: dict[str, str], history: list[Interaction]) -
     )
 
 
-def hash_fields(rec: SessionRecord, expires_at_us: int) -> list[str | bytes]:
+def hash_fields(rec: SessionRecord, expires_at_us: int, cipher: Cipher) -> list[str | bytes]:
     """The WRITE script's field/value arguments for a whole session."""
     return [
         "user_id", rec.user_id,
@@ -92,7 +100,7 @@ def hash_fields(rec: SessionRecord, expires_at_us: int) -> list[str | bytes]:
         "last_activity", str(to_us(rec.last_activity)),
         "expires_at", str(expires_at_us),
         "total_interactions", str(rec.total_interactions),
-        "context", orjson.dumps(rec.context),
+        "context", cipher.seal(orjson.dumps(rec.context)),
         "topics", orjson.dumps(rec.topics),
         "version", str(rec.version),
         "merged_from", orjson.dumps(rec.merged_from),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
 
@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     # Connections per client pool; callers beyond it wait (up to socket_timeout) for one.
     max_connections: int = Field(default=64, gt=0)
 
+    # rediss:// only. A private CA's bundle: servers with self-signed or internal certificates.
+    tls_ca_certs: Path | None = None
+    # Client certificate and its key, for servers that require mutual TLS (tls-auth-clients).
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    # Off only for servers announced by IP that their certificate does not name (Sentinel).
+    tls_check_hostname: bool = True
+
     # One message (user or assistant) at most this many UTF-8 bytes: bounds Redis memory per call.
     max_message_bytes: int = Field(default=MiB, gt=0)
     # A session's context (and a user's preferences) encoded as JSON, at most.
@@ -47,6 +55,10 @@ class Settings(BaseSettings):
     resume_history: int = Field(default=20, ge=0)
     # Optimistic context updates retry this often under contention before giving up.
     max_update_retries: int = Field(default=50, gt=0)
+
+    # Fernet keys, newest first (env: comma-separated). Set: content is encrypted at rest;
+    # the first key encrypts, all decrypt, so a new key can be rolled out before rotate-keys.
+    encryption_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
 
     # The embedded server's fsync policy: "always" loses nothing on kill -9, "everysec" ~1 s.
     appendfsync: Literal["always", "everysec", "no"] = "everysec"
@@ -77,3 +89,10 @@ class Settings(BaseSettings):
     mcp_port: int = Field(default=8765, ge=0, le=65535)
     # When set, HTTP requests must carry "Authorization: Bearer <token>".
     mcp_token: SecretStr | None = None
+
+    @field_validator("encryption_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value

@@ -24,6 +24,7 @@ from redsession.codec import (
     session_from_hash,
 )
 from redsession.config import Settings
+from redsession.crypto import Cipher
 from redsession.errors import (
     ConcurrentModification,
     InvalidInput,
@@ -61,6 +62,7 @@ class SessionCore:
         self.settings = settings
         self.clock = clock
         self._ttl_us = settings.session_ttl // timedelta(microseconds=1)
+        self.cipher = Cipher([k.get_secret_value() for k in settings.encryption_keys])
 
     def stamp(self, activity: int | None = None) -> Stamp:
         now = to_us(self.clock())
@@ -93,7 +95,7 @@ class SessionCore:
         uid = check.user_id(user_id)
         sid = check.new_session_id() if session_id is None else check.session_id(session_id)
         ctx = {} if context is None else context
-        data = self._json(ctx, "context")
+        data = self.cipher.seal(self._json(ctx, "context"))
         t = self.stamp()
         yield from self.store.create(sid, uid, data, t.now, t)
         return Session(
@@ -123,9 +125,12 @@ class SessionCore:
         read = lambda s: self._fetch(s, owner, touch=False, history=n)  # noqa: E731
         return (yield from self._follow(sid, read))
 
+    def _decode(self, raw: Sequence[bytes]) -> list[Interaction]:
+        return decode_interactions(raw, self.cipher)
+
     def _fetch(self, sid: str, owner: str | None, *, touch: bool, history: int) -> Op[Session]:
         h, raw = yield from self.store.fetch(sid, owner, self.stamp(), touch=touch, history=history)
-        return session_from_hash(sid, h, decode_interactions(raw))
+        return session_from_hash(sid, h, self._decode(raw), self.cipher)
 
     def delete_session(self, session_id: str, user_id: str | None) -> Op[None]:
         sid, owner = check.session_id(session_id), self._owner(user_id)
@@ -142,7 +147,7 @@ class SessionCore:
                 raise InvalidInput(f"{name} must be a non-negative integer, not {v!r}")
         t = self.stamp()
         raw = yield from self._follow(sid, lambda s: self.store.history(s, owner, t, limit, before))
-        return decode_interactions(raw)
+        return self._decode(raw)
 
     def log_interaction(
         self, session_id: str, user_message: str, assistant_response: str | None,
@@ -162,7 +167,7 @@ class SessionCore:
             assistant_response=assistant_response, metadata=dict(meta), topics=tops,
         )  # fmt: skip
         try:
-            record = encode_interaction(interaction)
+            record = encode_interaction(interaction, self.cipher)
         except TypeError as e:  # a lone surrogate in a message
             raise InvalidInput(f"interaction is not valid Unicode: {e}") from e
         status, _ = yield from self.store.log(sid, owner, record, tops, s.max_topics, t)
@@ -178,15 +183,14 @@ class SessionCore:
         for _ in range(self.settings.max_update_retries):
             t = self.stamp()
             h, _ = yield from self.store.fetch(sid, owner, t, touch=False, history=0)
-            current = record_from_hash(sid, h)
+            current = record_from_hash(sid, h, self.cipher)
             context = apply_patch(current.context, patch)
-            data = self._json(context, "context")
+            data = self.cipher.seal(self._json(context, "context"))
             if (yield from self.store.update_context(sid, owner, current.version, data, t)):
-                return session_from_hash(
-                    sid,
-                    {**h, "context": data.decode(), "version": str(current.version + 1),
-                     "last_activity": str(t.activity), "expires_at": str(t.expires)},
-                    [],
+                return Session(
+                    **current.model_dump(exclude={"context", "version", "last_activity"}),
+                    context=context, version=current.version + 1,
+                    last_activity=from_us(t.activity), expires_at=from_us(t.expires),
                 )  # fmt: skip
         raise ConcurrentModification(
             f"context of {sid!r} kept changing under {self.settings.max_update_retries} attempts"
@@ -198,7 +202,7 @@ class SessionCore:
         """Shallow merge into the user's preferences; a None value removes that key."""
         uid = check.user_id(user_id)
         self._json(prefs, "preferences")
-        values = {k: orjson.dumps(v) for k, v in prefs.items() if v is not None}
+        values = {k: self.cipher.seal(orjson.dumps(v)) for k, v in prefs.items() if v is not None}
         remove = [k for k, v in prefs.items() if v is None]
         yield from self.store.set_prefs(uid, values, remove)
         return (yield from self.get_preferences(uid))
@@ -206,7 +210,7 @@ class SessionCore:
     def get_preferences(self, user_id: str) -> Op[dict[str, Any]]:
         uid = check.user_id(user_id)
         raw = yield from self.store.get_prefs(uid)
-        return {k: loads(v, "preference") for k, v in raw.items()}
+        return {k: loads(self.cipher.open(v, "a preference"), "preference") for k, v in raw.items()}
 
     # -- listing -------------------------------------------------------------------------
 
@@ -254,8 +258,8 @@ class SessionCore:
     def _export(self, sid: str, owner: str | None) -> Op[SessionExport]:
         h, raw = yield from self.store.fetch(sid, owner, self.stamp(), touch=False, history=-1)
         return SessionExport(
-            session=record_from_hash(sid, h),
-            interactions=decode_interactions(raw),
+            session=record_from_hash(sid, h, self.cipher),
+            interactions=self._decode(raw),
             expires_at=from_us(expires_from_hash(sid, h)),
         )
 
@@ -308,11 +312,11 @@ class SessionCore:
             raise InvalidInput(f"session {rec.session_id!r} expired at {parsed.expires_at}")
         t = Stamp(activity=t.activity, expires=expires, now=t.now)
         try:
-            records = [encode_interaction(i) for i in parsed.interactions]
+            records = [encode_interaction(i, self.cipher) for i in parsed.interactions]
         except TypeError as e:
             raise InvalidInput(f"an interaction is not valid Unicode: {e}") from e
         yield from self.store.write(
-            rec.session_id, rec.user_id, hash_fields(rec, expires), records, t,
+            rec.session_id, rec.user_id, hash_fields(rec, expires, self.cipher), records, t,
             mode="replace" if overwrite else "new",
         )  # fmt: skip
         return rec.session_id
@@ -345,8 +349,8 @@ class SessionCore:
             if not same_content(rec, items, p, p_doc.interactions):
                 rec = rec.model_copy(update={"version": p.version + 1})
                 written = yield from self.store.write(
-                    p_id, rec.user_id, hash_fields(rec, expires),
-                    [encode_interaction(i) for i in items], t,
+                    p_id, rec.user_id, hash_fields(rec, expires, self.cipher),
+                    [encode_interaction(i, self.cipher) for i in items], t,
                     mode="cas", expect=(p.version, p.total_interactions),
                 )  # fmt: skip
                 if not written:

@@ -19,8 +19,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from redsession import validation as check
+from redsession.crypto import TOKEN_PREFIX
 from redsession.errors import (
     ConfigError,
+    DecryptionError,
     InvalidInput,
     RedsessionError,
     SessionExists,
@@ -153,7 +155,7 @@ def _dump_one(manager: SessionManager, folder: Path, sid: str) -> str:
     if doc is None or doc.session.session_id != sid:
         # export follows a merged id to its primary, so a different id means this one is gone.
         return "removed" if _unlink(folder / f"{sid}{SUFFIX}") else "gone"
-    _write_atomic(folder, sid, doc.model_dump_json().encode())
+    _write_atomic(folder, sid, manager.core.cipher.seal(doc.model_dump_json().encode()))
     return "written"
 
 
@@ -249,9 +251,16 @@ def _restore_one(
         raw, ident = _read_regular(path)
     except OSError as e:
         return _bad(path, f"it cannot be read as a regular file ({e})")
+    cipher = manager.core.cipher
+    if raw.startswith(TOKEN_PREFIX) and not cipher.enabled:
+        # A configuration problem, not a bad file: stop rather than quarantine every file.
+        raise DecryptionError(
+            f"dump file {path} is encrypted but no key is configured: set "
+            "REDSESSION_ENCRYPTION_KEYS"
+        )
     try:
-        doc = manager.core.parse_export(raw)
-    except InvalidInput as e:
+        doc = manager.core.parse_export(cipher.open(raw, f"dump file {name}"))
+    except (InvalidInput, DecryptionError) as e:
         return _bad(path, str(e))
     sid = doc.session.session_id
     if sid != stem:

@@ -67,3 +67,7 @@ class StorageUnavailable(StorageError, ConnectionError):
 
 class CorruptData(RedsessionError):
     """Data in Redis that redsession did not write (or that was damaged) and cannot decode."""
+
+
+class DecryptionError(RedsessionError):
+    """Stored data is encrypted under a key that is not configured (or is not a token)."""

@@ -28,9 +28,9 @@ from redsession.models import (
     utcnow,
 )
 from redsession.repair import RepairReport, repair_op
-from redsession.store import AsyncDriver, Store, SyncDriver
+from redsession.store import AsyncDriver, Op, Store, SyncDriver
 
-M = TypeVar("M", bound="_Base")
+T = TypeVar("T")
 CLEANUP_BATCH = 1000
 ITER_PAGE = 500
 
@@ -157,6 +157,20 @@ class SessionManager(_Base):
     ) -> SessionPage:
         """Summaries, newest activity first; pass ``next_cursor`` back for the next page."""
         return self._driver.run(self.core.list_active_sessions(user_id, limit, cursor))
+
+    def run(self, op: Op[T]) -> T:
+        """Run a store operation (a generator from core or rotation) on this manager's client."""
+        return self._driver.run(op)
+
+    def iter_user_ids(self) -> Iterator[str]:
+        """Every user with a live session, newest activity first, page by page."""
+        offset = 0
+        while True:
+            ids = self._driver.run(self.core.store.user_page(offset, ITER_PAGE))
+            yield from ids
+            if len(ids) < ITER_PAGE:
+                return
+            offset += ITER_PAGE
 
     def iter_session_ids(self, user_id: str | None = None) -> Iterator[str]:
         """Every session id (of one user, or all), newest activity first, page by page."""

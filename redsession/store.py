@@ -229,6 +229,11 @@ class Store:
 
     # -- indexes and listings ----------------------------------------------------------
 
+    def user_page(self, offset: int, count: int) -> Op[list[str]]:
+        """User ids by last activity, newest first."""
+        (ids,) = yield Batch((("ZREVRANGE", self.keys.users, offset, offset + count - 1),))
+        return [text(i) for i in ids]
+
     def page(self, uid: str | None, offset: int, count: int) -> Op[list[str]]:
         """Session ids by last activity, newest first."""
         key = self.keys.sessions if uid is None else self.keys.user_sessions(uid)
