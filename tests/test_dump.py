@@ -148,7 +148,9 @@ def test_expired_session_file_is_removed_after_cleanup(redis_url: str, data_dir:
         assert _files(sessions_dir(data_dir)) == {}
 
 
-def test_dump_streams_in_batches(manager: SessionManager, data_dir: Path) -> None:
+def test_dump_streams_in_batches(
+    manager: SessionManager, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ids = _populate(manager, 23, interactions=0)
     asked: list[int] = []
     real = manager.changed_sessions
@@ -157,7 +159,7 @@ def test_dump_streams_in_batches(manager: SessionManager, data_dir: Path) -> Non
         asked.append(count)
         return real(count)
 
-    manager.changed_sessions = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(manager, "changed_sessions", spy)
     seen: list[int] = []
     report = dump_sessions(manager, batch=5, progress=seen.append)
     assert report.written == 23
@@ -167,7 +169,9 @@ def test_dump_streams_in_batches(manager: SessionManager, data_dir: Path) -> Non
     assert len(_files(sessions_dir(data_dir))) == len(ids)
 
 
-def test_changes_during_a_dump_wait_for_the_next(manager: SessionManager, data_dir: Path) -> None:
+def test_changes_during_a_dump_wait_for_the_next(
+    manager: SessionManager, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ids = _populate(manager, 4, interactions=0)
     real = manager.export_session
 
@@ -176,11 +180,10 @@ def test_changes_during_a_dump_wait_for_the_next(manager: SessionManager, data_d
         manager.log_interaction(sid, user_message="written while dumping")
         return doc
 
-    manager.export_session = export_and_touch  # type: ignore[method-assign]
-    assert (
-        dump_sessions(manager, batch=1).written == 4
-    )  # it ends although every session changed again
-    del manager.export_session
+    monkeypatch.setattr(manager, "export_session", export_and_touch)
+    # It ends, although every session changed again while it ran.
+    assert dump_sessions(manager, batch=1).written == 4
+    monkeypatch.undo()
     assert sorted(s for s, _ in manager.changed_sessions(10)) == sorted(ids)
     assert dump_sessions(manager).written == 4
     for sid in ids:
