@@ -62,12 +62,44 @@ def _pool(settings: Settings) -> dict[str, Any]:
 
 
 def _tls_options(settings: Settings) -> dict[str, Any]:
-    """Client TLS options for rediss:// forms, beyond redis-py's defaults (verify the server).
+    """Client TLS options for rediss:// forms: always verify the server's certificate."""
+    if (settings.tls_certfile is None) != (settings.tls_keyfile is None):
+        raise ConfigError("a client certificate needs both tls_certfile and tls_keyfile")
+    paths = {
+        "ssl_ca_certs": settings.tls_ca_certs,
+        "ssl_certfile": settings.tls_certfile,
+        "ssl_keyfile": settings.tls_keyfile,
+    }
+    for name, path in paths.items():
+        # Checked here, not on first use: a typo should fail at start-up, not mid-request.
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{name.replace('ssl_', 'tls_')}: {str(path)!r} is not a file")
+    return {
+        "ssl": True,
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": settings.tls_check_hostname,
+        **{name: str(path) for name, path in paths.items() if path is not None},
+    }
 
-    The place for CA bundle, client certificate and key settings (ssl_ca_certs, ssl_certfile,
-    ssl_keyfile, ssl_cert_reqs) once Settings has fields for them.
-    """
-    return {"ssl": True}
+
+class _SentinelMaster(redis.Redis):
+    """The master named by Sentinel; closing it closes the connections to the sentinels too."""
+
+    def close(self) -> None:
+        super().close()
+        pool: Any = self.connection_pool  # a SentinelConnectionPool, made by master_for
+        for s in pool.sentinel_manager.sentinels:
+            s.close()
+
+
+class _AsyncSentinelMaster(redis.asyncio.Redis):
+    """The asyncio form: without this, the sentinels' sockets leak until garbage collection."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        pool: Any = self.connection_pool
+        for s in pool.sentinel_manager.sentinels:
+            await s.aclose()
 
 
 @dataclass(frozen=True)
@@ -179,7 +211,7 @@ def sync_client(url: str | None, settings: Settings) -> SyncClient:
             list(t.nodes), sentinel_kwargs=sentinel_opts
         )
         master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-            t.service, db=t.db, **opts, **_auth(t)
+            t.service, redis_class=_SentinelMaster, db=t.db, **opts, **_auth(t)
         )
         return master
     except (redis.ConnectionError, redis.TimeoutError, RedisClusterException) as e:
@@ -206,7 +238,9 @@ def async_client(url: str | None, settings: Settings) -> AsyncClient:
         sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             list(t.nodes), sentinel_kwargs=sentinel_opts
         )
-        master: redis.asyncio.Redis = sentinel.master_for(t.service, db=t.db, **opts, **_auth(t))
+        master: redis.asyncio.Redis = sentinel.master_for(
+            t.service, redis_class=_AsyncSentinelMaster, db=t.db, **opts, **_auth(t)
+        )
         return master
     except (redis.ConnectionError, redis.TimeoutError, RedisClusterException) as e:
         # RedisCluster reads the topology at construction: no startup node answered.

@@ -281,11 +281,10 @@ class SentinelSetup:
     def _sentinels_agree(self) -> bool:
         for port in self.sentinel_ports:
             with _client(port) as c:
-                state = c.execute_command("SENTINEL", "MASTER", self.service)
-                fields = dict(zip(state[::2], state[1::2]))
-                if int(fields[b"num-other-sentinels"]) != len(self.sentinel_ports) - 1:
+                state = c.sentinel_master(self.service)
+                if int(state["num-other-sentinels"]) != len(self.sentinel_ports) - 1:
                     return False
-                if int(fields[b"num-slaves"]) < 1:
+                if int(state["num-slaves"]) < 1:
                     return False
         return True
 
