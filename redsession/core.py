@@ -303,7 +303,10 @@ class SessionCore:
             raise InvalidInput("the document repeats an interaction id")
         return parsed
 
-    def import_session_data(self, doc: object, overwrite: bool) -> Op[str]:
+    def import_session_data(
+        self, doc: object, overwrite: bool, expect: tuple[int, int] | None = None
+    ) -> Op[str]:
+        """``expect`` (version, total_interactions): replace only that live state (restore)."""
         parsed = self.parse_export(doc)
         rec = parsed.session
         t = self.stamp(activity=to_us(rec.last_activity))
@@ -315,10 +318,12 @@ class SessionCore:
             records = [encode_interaction(i, self.cipher) for i in parsed.interactions]
         except TypeError as e:
             raise InvalidInput(f"an interaction is not valid Unicode: {e}") from e
-        yield from self.store.write(
+        written = yield from self.store.write(
             rec.session_id, rec.user_id, hash_fields(rec, expires, self.cipher), records, t,
-            mode="replace" if overwrite else "new",
+            mode="cas" if expect else "replace" if overwrite else "new", expect=expect,
         )  # fmt: skip
+        if not written:
+            raise ConcurrentModification(f"session {rec.session_id!r} changed; not replaced")
         return rec.session_id
 
     def merge_sessions(

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from redsession import validation as check
 from redsession.crypto import TOKEN_PREFIX
 from redsession.errors import (
+    ConcurrentModification,
     ConfigError,
     DecryptionError,
     InvalidInput,
@@ -284,7 +285,14 @@ def _restore_one(
     if not overwrite_older or doc.session.last_activity <= live.last_activity:
         return "skipped"
     try:
-        manager.import_session_data(doc, overwrite=True)
+        # Compare-and-set against the state just compared: a write or a delete that lands in
+        # between wins, instead of being overwritten or undone (invariants 3 and 4).
+        manager.import_session_data(
+            doc, overwrite=True, expect=(live.version, live.total_interactions)
+        )
+    except (ConcurrentModification, SessionNotFound) as e:
+        log.info("not restoring %s: %s", name, e)
+        return "skipped"
     except InvalidInput as e:  # it expired in between
         log.info("not restoring %s: %s", name, e)
         return "expired"

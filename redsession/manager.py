@@ -189,9 +189,16 @@ class SessionManager(_Base):
     def export_session(self, session_id: str, *, user_id: str | None = None) -> SessionExport:
         return self._driver.run(self.core.export(session_id, user_id))
 
-    def import_session_data(self, doc: object, *, overwrite: bool = False) -> str:
-        """Load an export document (dict or JSON); keeps its id and remaining TTL."""
-        return self._driver.run(self.core.import_session_data(doc, overwrite))
+    def import_session_data(
+        self, doc: object, *, overwrite: bool = False, expect: tuple[int, int] | None = None
+    ) -> str:
+        """Load an export document (dict or JSON); keeps its id and remaining TTL.
+
+        With ``expect`` (version, total_interactions), replace the live session only while
+        it is still in that state; ConcurrentModification if it changed, SessionNotFound if
+        it is gone.
+        """
+        return self._driver.run(self.core.import_session_data(doc, overwrite, expect))
 
     def merge_sessions(
         self,
@@ -349,8 +356,10 @@ class AsyncSessionManager(_Base):
     ) -> SessionExport:
         return await self._driver.run(self.core.export(session_id, user_id))
 
-    async def import_session_data(self, doc: object, *, overwrite: bool = False) -> str:
-        return await self._driver.run(self.core.import_session_data(doc, overwrite))
+    async def import_session_data(
+        self, doc: object, *, overwrite: bool = False, expect: tuple[int, int] | None = None
+    ) -> str:
+        return await self._driver.run(self.core.import_session_data(doc, overwrite, expect))
 
     async def merge_sessions(
         self,

@@ -294,6 +294,38 @@ def test_restore_replaces_only_older_live_sessions(manager: SessionManager, data
     assert manager.get_session(newer_live).total_interactions == 2
 
 
+@pytest.mark.parametrize("race", ["write", "delete"])
+def test_restore_never_overwrites_a_change_made_while_it_compared(
+    manager: SessionManager, data_dir: Path, monkeypatch: pytest.MonkeyPatch, race: str
+) -> None:
+    (sid,) = _populate(manager, 1, interactions=1)
+    dump_sessions(manager)
+    disk = _read(sessions_dir(data_dir), sid)
+    older = disk.session.model_copy(
+        update={"last_activity": disk.session.last_activity - timedelta(hours=1)}
+    )
+    manager.import_session_data(disk.model_copy(update={"session": older}), overwrite=True)
+    real = manager.get_session
+
+    def get_then_race(session_id: str, **kw: Any) -> Any:
+        live = real(session_id, **kw)
+        if race == "write":
+            manager.log_interaction(sid, user_message="lands between compare and replace")
+        else:
+            manager.delete_session(sid)
+        return live
+
+    monkeypatch.setattr(manager, "get_session", get_then_race)
+    report = restore_sessions(manager)
+    monkeypatch.undo()
+    assert report == RestoreReport(restored=0, replaced=0, skipped=1, expired=0, quarantined=0)
+    if race == "write":
+        assert manager.get_session(sid).total_interactions == 2
+    else:
+        with pytest.raises(SessionNotFound, match="deleted"):
+            manager.get_session(sid)
+
+
 def test_restore_does_not_resurrect_deleted_or_merged_sessions(
     manager: SessionManager, data_dir: Path
 ) -> None:
