@@ -1,0 +1,115 @@
+"""Maintenance commands: cleanup, dump, restore, stats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from redsession.cli.errors import CliError
+from redsession.cli.output import console, print_json, progress, size, when
+from redsession.cli.state import get_state, json_option
+
+SHOW_IDS = 20
+
+
+@click.command()
+@json_option
+@click.option("--dry-run", is_flag=True, help="Only say which sessions would be cleaned up.")
+def cleanup(dry_run: bool) -> None:
+    """Drop index entries and dump files of sessions Redis has expired."""
+    state = get_state()
+    with progress("cleaning up"):
+        ids = state.manager.expired_session_ids(dry_run=dry_run)
+        files = 0
+        if ids and not dry_run:
+            from redsession.dump import remove_dump_files
+
+            files = remove_dump_files(state.settings().data_dir, ids)
+    if state.json:
+        print_json({"dry_run": dry_run, "sessions": len(ids), "session_ids": ids,
+                    "dump_files_removed": files})  # fmt: skip
+        return
+    if dry_run:
+        click.echo(f"would clean up {len(ids)} expired session(s)")
+        for sid in ids[:SHOW_IDS]:
+            click.echo(f"  {sid}")
+        if len(ids) > SHOW_IDS:
+            click.echo(f"  ... and {len(ids) - SHOW_IDS} more (--json lists them all)")
+    else:
+        click.echo(f"cleaned up {len(ids)} expired session(s) and {files} dump file(s)")
+
+
+@click.command()
+@json_option
+def dump() -> None:
+    """Write the JSON dump file of every session changed since the last dump."""
+    from redsession.dump import dump_sessions
+
+    state = get_state()
+    with progress("dumping") as advance:
+        report = dump_sessions(state.manager, state.settings().data_dir, progress=advance)
+    failed = report.failed
+    if state.json:
+        print_json(report)
+    else:
+        click.echo(
+            f"wrote {report.written} dump file(s), removed {report.removed}, {failed} failed"
+        )
+    if failed:
+        raise CliError(
+            f"{failed} session(s) could not be dumped; rerun with --log-level INFO to see why"
+        )
+
+
+@click.command()
+@json_option
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Folder of dump files [default: DATA_DIR/sessions].",
+)
+def restore(source: Path | None) -> None:
+    """Load dump files into Redis; a newer dump replaces an older session."""
+    from redsession.dump import restore_sessions
+
+    state = get_state()
+    with progress("restoring") as advance:
+        report = restore_sessions(state.manager, source, progress=advance)
+    quarantined = report.quarantined
+    if state.json:
+        print_json(report)
+    else:
+        click.echo(
+            f"restored {report.restored}, replaced {report.replaced}, "
+            f"skipped {report.skipped}, expired {report.expired}, "
+            f"quarantined {quarantined}"
+        )
+    if quarantined:
+        click.echo(
+            f"warning: {quarantined} file(s) could not be loaded and were moved to the "
+            "quarantine folder; the log says why",
+            err=True,
+        )
+
+
+@click.command()
+@json_option
+def stats() -> None:
+    """Counts, memory, and the oldest and newest session."""
+    state = get_state()
+    s = state.manager.stats()
+    if state.json:
+        print_json(s)
+        return
+    table = Table.grid(padding=(0, 2))
+    table.add_row("sessions", str(s.sessions))
+    table.add_row("users", str(s.users))
+    table.add_row("interactions", str(s.interactions))
+    table.add_row("redis memory used", size(s.redis_used_memory))
+    table.add_row("oldest activity", when(s.oldest_activity))
+    table.add_row("newest activity", when(s.newest_activity))
+    table.add_row("expiring in 24 h", str(s.expiring_24h))
+    console().print(table)
