@@ -20,10 +20,12 @@ import redis
 from click.testing import CliRunner, Result
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from rich.console import Console
 
 from redsession import dump as dump_module
 from redsession.cli import cli
 from redsession.cli import errors as cli_errors
+from redsession.cli import output as cli_output
 from redsession.cli import sessions as cli_sessions
 from redsession.config import Settings
 from redsession.dump import DumpReport, sessions_dir
@@ -199,6 +201,21 @@ def test_export_all_writes_json_lines(invoke: Any, manager: SessionManager, tmp_
     assert sorted(orjson.loads(x)["session"]["session_id"] for x in lines) == sorted(ids)
     bob = invoke("export", "--all", "--user", "bob").stdout.splitlines()
     assert sorted(orjson.loads(x)["session"]["session_id"] for x in bob) == sorted(ids[1:])
+
+
+def test_progress_shows_on_a_terminal_only(
+    invoke: Any, manager: SessionManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(3):
+        _session(manager)
+    out = tmp_path / "all.jsonl"
+    quiet = invoke("export", "--all", "-o", str(out))
+    assert quiet.stderr == f"exported 3 session(s) to {out}\n"  # no bar in a pipe
+    monkeypatch.setattr(
+        cli_output, "err_console", lambda: Console(stderr=True, force_terminal=True, width=100)
+    )
+    assert "exporting" in invoke("export", "--all", "-o", str(out)).stderr
+    assert "importing" in invoke("import", "--overwrite", str(out)).stderr
 
 
 @pytest.mark.parametrize(

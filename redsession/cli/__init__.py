@@ -46,7 +46,15 @@ def _configure_logging(level: str) -> None:
     root.setLevel(level)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+EXIT_CODES = (
+    "Exit codes: 0 ok, 1 error, 2 usage or configuration, 3 session not found, "
+    "4 another user's session, 5 Redis unavailable or refusing, 6 bad input file."
+)
+
+
+@click.group(
+    cls=_Group, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.option(
     "--redis-url",
     envvar="REDSESSION_REDIS_URL",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -194,12 +195,13 @@ def import_(source: str, overwrite: bool) -> None:
     name = "stdin" if source == "-" else source
     imported = skipped = 0
     try:
-        f: IO[bytes] = (
-            sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
+        # Standard input is not ours to close.
+        opened: contextlib.AbstractContextManager[IO[bytes]] = (
+            contextlib.nullcontext(sys.stdin.buffer) if source == "-" else open(source, "rb")  # noqa: SIM115 (closed by the with below)
         )
     except OSError as e:
         raise bad_input(name, f"cannot read: {e.strerror or e}") from e
-    with f:
+    with opened as f:
         total = _regular_file_size(f)
         with progress("importing", total, in_bytes=total is not None) as advance:
             by_bytes: Advance = advance if total is not None else (lambda n: None)
