@@ -106,3 +106,11 @@ def test_unreadable_heartbeat_is_no_heartbeat(redis_client: redis.Redis) -> None
     assert read_heartbeat(redis_client, KEYS) is None
     redis_client.set(KEYS.worker_heartbeat, b"not json")
     assert read_heartbeat(redis_client, KEYS) is None
+
+
+def test_heartbeat_dies_with_the_lease(redis_client: redis.Redis) -> None:
+    a = lock(redis_client, lease=0.2)
+    assert a.acquire()
+    assert read_heartbeat(redis_client, KEYS) is not None
+    time.sleep(0.3)  # the holder died: nobody renews
+    assert read_heartbeat(redis_client, KEYS) is None
