@@ -31,8 +31,19 @@ pytest: $(STAMP)
 test-wheel-server: $(STAMP)
 	REDSESSION_SERVER_BIN=wheel $(BIN)/pytest -q tests/test_manager.py tests/test_embedded.py
 
-bench: $(STAMP)
-	$(BIN)/python -m bench
+# The full benchmark runs in its own venv: the bench extra (peer libraries) stays out of the
+# dev venv that the tests use.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m bench
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m bench --smoke

@@ -1,0 +1,106 @@
+"""``python -m bench``: run the benchmarks, print tables, write docs/benchmarks.md.
+
+``--smoke`` runs everything with tiny counts (seconds, for CI) and writes the report only
+where ``--out`` says, never over docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from bench import harness, report, suite
+from bench.harness import FULL, SMOKE
+
+SECTIONS = ("ops", "growth", "dump", "memory")
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--smoke", action="store_true", help="tiny counts: checks the harness works")
+    p.add_argument("--section", action="append", choices=SECTIONS,
+                   help="run only these sections (repeatable); the default is all")  # fmt: skip
+    p.add_argument("--setup", action="append", choices=suite.SETUPS,
+                   help="operations benchmark: only these setups (repeatable)")  # fmt: skip
+    p.add_argument("--op", action="append", choices=list(suite.OPS),
+                   help="operations benchmark: only these operations (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--impl", action="append", help="operations benchmark: only impls whose name has this"
+    )
+    p.add_argument("--rounds", type=int, help="override the number of interleaved rounds")
+    p.add_argument("--duration", type=float, help="override the seconds per measurement")
+    p.add_argument("--out", type=Path,
+                   help="write the markdown report here (default: docs/benchmarks.md on a "
+                        "complete full run, nowhere otherwise)")  # fmt: skip
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s")  # fmt: skip
+
+    budget = SMOKE if args.smoke else FULL
+    if args.rounds or args.duration:
+        budget = harness.Budget(
+            duration=args.duration or budget.duration, rounds=args.rounds or budget.rounds,
+            warmup=budget.warmup, processes=budget.processes, concurrency=budget.concurrency,
+        )  # fmt: skip
+    sections = tuple(args.section or SECTIONS)
+    setups = tuple(args.setup or suite.SETUPS)
+    ops = tuple(args.op or suite.OPS)
+    complete = (
+        not args.smoke
+        and not args.impl
+        and sections == SECTIONS
+        and setups == suite.SETUPS
+        and ops == suite.OPS
+    )
+    out = args.out or (DOCS if complete else None)
+
+    started = time.monotonic()
+    machine = harness.machine()
+    tables: list[report.Table] = []
+    targets: list[str] = []
+    with harness.server() as srv:
+        if "ops" in sections:
+            size = (8, 20) if args.smoke else (200, 1000)
+            ds = suite.build_dataset(srv.url, *size)
+            impls = [
+                c for c in suite.impl_classes()
+                if not args.impl or any(x in c.name for x in args.impl)
+            ]  # fmt: skip
+            res = suite.run_ops(ds, budget, setups, ops, impls)
+            tables += report.ops_tables(res, budget)
+            targets += report.target_lines(res)
+            for name, why in res.skipped.items():
+                tables[-1].notes.append(f"{name} skipped: {why}")
+        if "growth" in sections:
+            from bench import growth
+
+            tables += growth.history_growth(srv.url, smoke=args.smoke, rounds=budget.rounds)
+        if "dump" in sections:
+            from bench import growth
+
+            tables += growth.dump_cleanup(srv.url, smoke=args.smoke)
+        if "memory" in sections:
+            from bench import memory
+
+            tables += memory.memory(srv.url, smoke=args.smoke)
+
+    for t in tables:
+        print(t.text(), end="\n\n")
+    for line in targets:
+        print(line)
+    print(f"bench finished in {time.monotonic() - started:.1f} s")
+    if out is not None:
+        from bench.notes import PREAMBLE
+
+        report.write_markdown(out, machine, budget, tables, targets, PREAMBLE)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

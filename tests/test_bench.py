@@ -1,0 +1,40 @@
+"""The benchmark harness still runs: a smoke run with tiny counts produces every table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_smoke_run_reports_every_operation(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    docs = ROOT / "docs" / "benchmarks.md"
+    before = docs.stat().st_mtime_ns if docs.exists() else None
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tables = [b for b in proc.stdout.split("\n\n") if b.startswith("Operations — ")]
+    assert [t.splitlines()[0].split(" — ")[1].split(",")[0].split(" (")[0] for t in tables] == [
+        "sync", "asyncio", "2 processes"
+    ]  # fmt: skip
+    for table in tables:
+        for op in ("log_interaction", "resume", "list_active_sessions", "export"):
+            for impl in ("redsession", "raw redis-py (limit)"):
+                rows = [r.split() for r in table.splitlines()]
+                assert any(r[0] == op and " ".join(r[1:-4]) == impl for r in rows if r), (op, impl)
+    for title in ("Growth — log_interaction", "Growth — resume", "Dump and cleanup", "Memory"):
+        assert title in proc.stdout
+    assert "raw redis-py (limit)" in proc.stdout
+    text = out.read_text()
+    assert "| log_interaction | redsession |" in text
+    assert "**server**" in text
+    # A smoke run never overwrites the real report.
+    assert (docs.stat().st_mtime_ns if docs.exists() else None) == before
