@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from redsession import backup
 from redsession.backup import (
     archive_name,
     archive_time,
@@ -64,7 +63,7 @@ def test_a_failed_backup_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     def fail(*_args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(backup.os, "replace", fail)
+    monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         write_backup(tmp_path, now=T0)
     assert os.listdir(tmp_path / "backups") == []

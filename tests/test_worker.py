@@ -183,6 +183,7 @@ def bulk_import(manager: SessionManager, docs: Sequence[object], chunk: int = 20
                     reply: Any = replies[pos]
                     pos += 1
                 else:
+                    assert isinstance(cmd, Batch)
                     reply = replies[pos : pos + len(cmd.commands)]
                     pos += len(cmd.commands)
                 with contextlib.suppress(StopIteration):
