@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse
@@ -67,6 +68,15 @@ class SessionContext(_Result):
     last_activity: AwareDatetime
     expires_at: AwareDatetime
     history: list[Interaction] = Field(description="The newest interactions, oldest first.")
+
+
+class Logged(_Result):
+    """What log_interaction returns: a receipt, not an echo of messages the model already has."""
+
+    session_id: str
+    interaction_id: str
+    timestamp: AwareDatetime
+    topics: list[str] = Field(description="This interaction's topics, deduplicated.")
 
 
 class Preferences(_Result):
@@ -145,14 +155,17 @@ def build_server(manager: AsyncSessionManager, settings: Settings) -> Redsession
         topics: Annotated[
             list[str] | None, Field(description="Topics of this exchange; added to the session's.")
         ] = None,
-    ) -> Interaction:
+    ) -> Logged:
         """Record one exchange (user message and optional assistant response) in a session."""
-        return await manager.log_interaction(
+        i = await manager.log_interaction(
             session_id,
             user_message=user_message,
             assistant_response=assistant_response,
             metadata=metadata,
             topics=topics,
+        )
+        return Logged(
+            session_id=session_id, interaction_id=i.id, timestamp=i.timestamp, topics=i.topics
         )
 
     @mcp.tool(annotations=reads)
@@ -318,6 +331,7 @@ async def _serve(
         else:
             await _serve_http(
                 server,
+                settings,
                 settings.mcp_host if host is None else host,
                 settings.mcp_port if port is None else port,
                 token,
@@ -326,10 +340,14 @@ async def _serve(
         await manager.close()
 
 
-async def _serve_http(server: RedsessionMCP, host: str, port: int, token: str | None) -> None:
+async def _serve_http(
+    server: RedsessionMCP, settings: Settings, host: str, port: int, token: str | None
+) -> None:
     import uvicorn  # only HTTP needs it; stdio servers start faster without
 
-    app: ASGIApp = server.streamable_http_app(streamable_http_path=HTTP_PATH, host=host)
+    app: ASGIApp = server.streamable_http_app(
+        streamable_http_path=HTTP_PATH, host=host, max_request_body_size=_max_body(settings)
+    )
     if token is not None:
         app = BearerAuth(app, token)
     elif host not in LOOPBACK:
@@ -338,6 +356,11 @@ async def _serve_http(server: RedsessionMCP, host: str, port: int, token: str | 
     # log_config=None: logging handlers are the CLI's to configure, not uvicorn's.
     config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on")
     await uvicorn.Server(config).serve()
+
+
+def _max_body(s: Settings) -> int:
+    # A log_interaction at every limit must get through; JSON escaping can double the size.
+    return max(DEFAULT_MAX_REQUEST_BODY_SIZE, 2 * (2 * s.max_message_bytes + s.max_context_bytes))
 
 
 def _one_line(text: str) -> str:

@@ -236,9 +236,8 @@ async def test_a_session_end_to_end_over_stdio(redis_url: str, tmp_path: Path) -
                 "topics": ["greeting"],
             },
         )
-        assert first["user_message"] == "hello"
-        assert first["assistant_response"] == "hi!"
-        assert first["metadata"] == {"model": "m1", "tokens": 3}
+        assert first["session_id"] == sid
+        assert first["topics"] == ["greeting"]
         await ok(s, "log_interaction", {"session_id": sid, "user_message": "weather?"})
         await ok(
             s, "log_interaction", {"session_id": sid, "user_message": "rain?", "topics": ["wx"]}
@@ -275,10 +274,15 @@ async def test_a_session_end_to_end_over_stdio(redis_url: str, tmp_path: Path) -
         assert [i["user_message"] for i in view["history"]] == ["weather?", "rain?"]
         default = await ok(s, "get_session_context", {"session_id": sid})
         assert [i["user_message"] for i in default["history"]] == ["hello", "weather?", "rain?"]
+        hello = default["history"][0]
+        assert hello["id"] == first["interaction_id"]
+        assert hello["timestamp"] == first["timestamp"]
+        assert hello["assistant_response"] == "hi!"
+        assert hello["metadata"] == {"model": "m1", "tokens": 3}
 
         resumed = await ok(s, "resume_session", {"session_id": sid, "user_id": "alice"})
         assert resumed["session_id"] == sid
-        assert resumed["history"][0]["id"] == first["id"]
+        assert resumed["history"][0] == hello
 
         other = await start(s, "alice")
         await start(s, "bob")
@@ -524,10 +528,8 @@ async def _fifty_concurrent_calls(s: ClientSession) -> None:
     view = await ok(s, "get_session_context", {"session_id": sid, "history": 100})
     assert view["total_interactions"] == 50
     assert sorted(i["user_message"] for i in view["history"]) == sorted(messages)
-    # Every reply answers its own call, not a neighbour's.
-    assert [r.structured_content["user_message"] for r in results if r.structured_content] == (
-        messages
-    )
+    receipts = {r.structured_content["interaction_id"] for r in results if r.structured_content}
+    assert receipts == {i["id"] for i in view["history"]}
 
 
 async def test_a_session_survives_a_restart_of_the_server(redis_url: str, tmp_path: Path) -> None:
@@ -547,7 +549,28 @@ async def test_a_session_survives_a_restart_of_the_server(redis_url: str, tmp_pa
         resumed = await ok(s, "resume_session", {"session_id": sid, "user_id": "alice"})
     assert resumed["context"] == {"goal": "trip"}
     assert resumed["total_interactions"] == 3
-    assert resumed["history"] == logged
+    assert [i["id"] for i in resumed["history"]] == [r["interaction_id"] for r in logged]
+    assert [(i["user_message"], i["assistant_response"]) for i in resumed["history"]] == [
+        ("q1", "a1"),
+        ("q2", "a2"),
+        ("q3", "a3"),
+    ]
+
+
+async def test_http_takes_an_interaction_at_every_size_limit(http_url: str, redis_url: str) -> None:
+    # Quotes and backslashes double in JSON: this body is over the SDK's default 4 MiB.
+    limit = Settings().max_message_bytes
+    user, assistant, note = '"' * limit, "\\" * limit, '"' * 100_000
+    async with http_mcp(http_url) as s:
+        sid = await start(s)
+        args = {"user_message": user, "assistant_response": assistant, "metadata": {"n": note}}
+        await ok(s, "log_interaction", {"session_id": sid, **args})
+        too_big = await fails(s, "log_interaction", {"session_id": sid, "user_message": user + "x"})
+        assert too_big.startswith("log_interaction: user_message is")
+    with redis.Redis.from_url(redis_url) as client:
+        [stored] = SessionManager(client).get_history(sid)
+    assert (stored.user_message, stored.assistant_response) == (user, assistant)
+    assert stored.metadata == {"n": note}
 
 
 # -- HTTP: binding and the bearer token ---------------------------------------------------
