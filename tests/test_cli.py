@@ -35,6 +35,7 @@ from redsession.errors import (
     CorruptData,
     InvalidSessionId,
     PermissionDenied,
+    RedsessionError,
     SessionExists,
     SessionMerged,
     SessionNotFound,
@@ -120,7 +121,7 @@ def _one_line_error(result: Result, code: int) -> str:
     ],
 )
 def test_each_error_kind_has_its_exit_code(error: Exception, code: int) -> None:
-    assert isinstance(error, cli_errors.RedsessionError)
+    assert isinstance(error, RedsessionError)
     assert cli_errors.classify(error)[0] == code
 
 
@@ -795,7 +796,7 @@ def test_up_subprocess_starts_everything_and_stops_cleanly_on_sigterm(tmp_path: 
     proc = _spawn("--data-dir", str(tmp_path), "up", "--mcp-port", str(port),
                   stdout=subprocess.PIPE)  # fmt: skip
     assert proc.stdout is not None
-    lines = []
+    lines: list[str] = []
     try:
         while not lines or not lines[-1].startswith("Ctrl-C stops everything"):
             line = proc.stdout.readline().decode()
