@@ -872,3 +872,36 @@ def test_export_all_piped_into_import_round_trips_10000_sessions(server_factory:
         assert set(b.iter_session_ids()) == set(docs)
         for sid, doc in docs.items():
             assert b.export_session_data(sid) == doc
+
+
+# -- repair-index, rotate-keys ---------------------------------------------------------------
+
+
+def test_repair_index(invoke: Callable[..., Result], manager: SessionManager,
+                      redis_client: redis.Redis) -> None:  # fmt: skip
+    sid = _session(manager)
+    redis_client.delete(manager.keys.sessions, manager.keys.user_sessions("alice"))
+    result = invoke("repair-index", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = orjson.loads(result.stdout)
+    assert report["sessions"] == 1
+    assert report["added"] >= 2
+    assert [s.session_id for s in manager.list_active_sessions("alice").sessions] == [sid]
+    assert "put back 0 index entries" in invoke("repair-index").stdout
+
+
+def test_rotate_keys(invoke: Callable[..., Result], redis_url: str, data_dir: Path,
+                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from cryptography.fernet import Fernet
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    with SessionManager.from_url(redis_url, encryption_keys=[old]) as m:
+        sid = _session(m)
+    _one_line_error(invoke("rotate-keys"), cli_errors.EXIT_USAGE)  # no keys configured
+    monkeypatch.setenv("REDSESSION_ENCRYPTION_KEYS", f"{new},{old}")
+    result = invoke("rotate-keys", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert orjson.loads(result.stdout)["sessions_rotated"] == 1
+    assert "re-encrypted 0 session(s)" in invoke("rotate-keys").stdout
+    with SessionManager.from_url(redis_url, encryption_keys=[new]) as m:
+        assert m.get_session(sid, history=1).history[0].assistant_response == "answer 1"

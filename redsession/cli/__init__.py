@@ -98,6 +98,8 @@ for _command in (
     maintenance.dump,
     maintenance.restore,
     maintenance.stats,
+    maintenance.repair_index,
+    maintenance.rotate_keys,
     services.server,
     services.worker,
     services.mcp,

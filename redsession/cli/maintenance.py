@@ -1,4 +1,4 @@
-"""Maintenance commands: cleanup, dump, restore, stats."""
+"""Maintenance commands: cleanup, dump, restore, stats, repair-index, rotate-keys."""
 
 from __future__ import annotations
 
@@ -113,3 +113,38 @@ def stats() -> None:
     table.add_row("newest activity", when(s.newest_activity))
     table.add_row("expiring in 24 h", str(s.expiring_24h))
     console().print(table)
+
+
+@click.command("repair-index")
+@json_option
+def repair_index() -> None:
+    """Rebuild the index entries from the sessions themselves (SCAN; run it off-peak)."""
+    state = get_state()
+    with progress("repairing"):
+        report = state.manager.repair_indexes()
+    if state.json:
+        print_json(report)
+        return
+    click.echo(
+        f"checked {report.sessions} session(s): put back {report.added} index entries, "
+        f"removed {report.removed} stale ones and {report.users_removed} empty user(s)"
+    )
+
+
+@click.command("rotate-keys")
+@json_option
+def rotate_keys() -> None:
+    """Re-encrypt every session and preference under the newest key (safe to re-run)."""
+    from redsession.rotation import rotate_keys as rotate
+
+    state = get_state()
+    with progress("re-encrypting") as advance:
+        report = rotate(state.manager, progress=advance)
+    if state.json:
+        print_json(report)
+        return
+    click.echo(
+        f"re-encrypted {report.sessions_rotated} session(s) "
+        f"({report.sessions_current} already current) and the preferences of "
+        f"{report.users_rotated} user(s) ({report.users_current} already current)"
+    )
