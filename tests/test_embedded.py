@@ -405,3 +405,8 @@ def test_fake_redis_is_isolated_and_has_lua(fake_redis: redis.Redis) -> None:
     with fakeredis.FakeRedis() as default_fake:
         default_fake.set("shared-by-default", b"x")
         assert fake_redis.keys() == [b"k"]
+
+
+def test_an_empty_choice_means_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDSESSION_SERVER_BIN", "")
+    assert find_server_binary("") == find_server_binary("auto")
