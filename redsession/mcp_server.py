@@ -303,7 +303,7 @@ def run_mcp(
     host: str | None = None,
     port: int | None = None,
 ) -> None:
-    """Serve the tools until stopped (stdin closed, or SIGINT/SIGTERM for HTTP).
+    """Serve the tools until stopped: stdin closed (stdio), SIGTERM (HTTP) or SIGINT.
 
     ``host`` and ``port`` (HTTP only) default to ``settings.mcp_host`` and ``mcp_port``.
     """
@@ -313,7 +313,12 @@ def run_mcp(
     if token is not None and not token:
         raise ConfigError("REDSESSION_MCP_TOKEN is empty: set a token or unset it")
     client = async_client(settings.redis_url, settings)
-    anyio.run(_serve, AsyncSessionManager(client, settings), settings, transport, host, port, token)
+    try:
+        anyio.run(
+            _serve, AsyncSessionManager(client, settings), settings, transport, host, port, token
+        )
+    except KeyboardInterrupt:  # Ctrl-C is how a terminal user stops a stdio server
+        logger.info("MCP server interrupted")
 
 
 async def _serve(
@@ -364,7 +369,7 @@ def _max_body(s: Settings) -> int:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return " ".join(text.splitlines())
 
 
 def _invalid_arguments(e: ValidationError) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx2
 import pytest
@@ -94,6 +95,13 @@ async def http_mcp(url: str, token: str | None = None) -> AsyncIterator[ClientSe
         yield session
 
 
+class HttpServer(NamedTuple):
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -104,11 +112,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def http_server_factory(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., tuple[str, int]]]:
+) -> Iterator[Callable[..., HttpServer]]:
     """``factory(**env)`` starts `python -m redsession.mcp_server http`; returns (url, port)."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def factory(**env: str) -> tuple[str, int]:
+    def factory(**env: str) -> HttpServer:
         port = _free_port()
         log = tmp_path_factory.mktemp("mcp-http") / "server.log"
         with log.open("wb") as out:
@@ -126,7 +134,7 @@ def http_server_factory(
                 pytest.fail(f"MCP HTTP server exited {proc.returncode}:\n{log.read_text()}")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return f"http://127.0.0.1:{port}/mcp", port
+                return HttpServer(f"http://127.0.0.1:{port}/mcp", port, proc, log)
             except OSError:
                 if time.monotonic() > deadline:
                     pytest.fail(f"MCP HTTP server never listened:\n{log.read_text()}")
@@ -134,6 +142,8 @@ def http_server_factory(
 
     yield factory
     for proc in procs:
+        if proc.poll() is not None:
+            continue
         proc.terminate()
         try:
             proc.wait(10)
@@ -143,14 +153,14 @@ def http_server_factory(
 
 
 @pytest.fixture(scope="module")
-def http_server(http_server_factory: Callable[..., tuple[str, int]]) -> tuple[str, int]:
+def http_server(http_server_factory: Callable[..., HttpServer]) -> HttpServer:
     """One HTTP server (no token) on the shared Redis for the module; tests flush via redis_url."""
     return http_server_factory()
 
 
 @pytest.fixture
-def http_url(http_server: tuple[str, int], redis_url: str) -> str:
-    return http_server[0]
+def http_url(http_server: HttpServer, redis_url: str) -> str:
+    return http_server.url
 
 
 # -- calling tools ------------------------------------------------------------------------
@@ -589,13 +599,13 @@ def _listening_addresses(port: int) -> set[str]:
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc/net/tcp")
-def test_http_binds_loopback_by_default(http_server: tuple[str, int]) -> None:
-    assert _listening_addresses(http_server[1]) == {"0100007F"}  # 127.0.0.1 only
+def test_http_binds_loopback_by_default(http_server: HttpServer) -> None:
+    assert _listening_addresses(http_server.port) == {"0100007F"}  # 127.0.0.1 only
 
 
 @pytest.fixture(scope="module")
-def token_url(http_server_factory: Callable[..., tuple[str, int]]) -> str:
-    return http_server_factory(REDSESSION_MCP_TOKEN=TOKEN)[0]
+def token_url(http_server_factory: Callable[..., HttpServer]) -> str:
+    return http_server_factory(REDSESSION_MCP_TOKEN=TOKEN).url
 
 
 @pytest.mark.parametrize(
@@ -621,6 +631,18 @@ async def test_http_accepts_the_token(token_url: str, redis_url: str) -> None:
     async with httpx2.AsyncClient(timeout=TIMEOUT) as http:
         response = await http.post(token_url, json={}, headers={"Authorization": f"bearer {TOKEN}"})
     assert response.status_code != 401
+
+
+def test_http_server_stops_cleanly_on_sigterm(
+    http_server_factory: Callable[..., HttpServer],
+) -> None:
+    server = http_server_factory()
+    server.proc.terminate()
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells why.
+    assert server.proc.wait(15) in (0, -signal.SIGTERM)
+    log = server.log.read_text()
+    assert "Application shutdown complete" in log
+    assert "Traceback" not in log
 
 
 def test_an_empty_token_is_refused_before_serving() -> None:
