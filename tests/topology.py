@@ -104,6 +104,8 @@ class Cluster:
                         "--cluster-node-timeout", "2000",
                         # Fail fast in tests rather than hang; production keeps the default.
                         "--cluster-require-full-coverage", "yes",
+                        # Replicas sync at once (default: wait 5 s for more replicas to join).
+                        "--repl-diskless-sync-delay", "0",
                     ),
                 )  # fmt: skip
                 self.servers.append(server)
@@ -162,6 +164,10 @@ class Cluster:
                     return False
                 if int(info["cluster_slots_assigned"]) != 16384:
                     return False
+                # A replica that has not synced yet cannot take over: wait for the link.
+                repl = c.info("replication")
+                if repl["role"] == "slave" and repl["master_link_status"] != "up":
+                    return False
         return True
 
     def client(self, **kwargs: Any) -> redis.RedisCluster:
@@ -188,11 +194,28 @@ class Cluster:
         self.stop()
 
 
+_shared: list[Cluster] = []  # the session's cluster, however many modules import the fixture
+_users = [0]
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A 3-primary, 3-replica cluster shared by the whole test session."""
-    with Cluster(tmp_path_factory.mktemp("cluster")) as cluster:
-        yield cluster
+    """A 3-primary, 3-replica cluster shared by the whole test session.
+
+    Importing this fixture into a conftest and a test module registers it twice; both then
+    share one cluster, started once.
+    """
+    if not _shared:
+        cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+        cluster.start()
+        _shared.append(cluster)
+    _users[0] += 1
+    try:
+        yield _shared[0]
+    finally:
+        _users[0] -= 1
+        if _users[0] == 0:
+            _shared.pop().stop()
 
 
 def cluster_manager(
