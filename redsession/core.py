@@ -225,8 +225,7 @@ class SessionCore:
             if not isinstance(cursor, str) or not cursor.isdigit() or len(cursor) > 12:
                 raise InvalidInput(f"invalid cursor {cursor!r}: pass back a next_cursor")
             offset = int(cursor)
-        ids = yield from self.store.page(uid, offset, limit)
-        rows = yield from self.store.summaries(ids)
+        ids, rows = yield from self.store.page_summaries(uid, offset, limit)
         items = [
             SessionSummary(
                 session_id=sid,

@@ -245,10 +245,21 @@ class Store:
         if not sids:
             return []
         rows = yield Batch(tuple(("HMGET", self.keys.session(s), *SUMMARY_FIELDS) for s in sids))
-        return [
-            None if row[0] is None else {f: text(v) for f, v in zip(SUMMARY_FIELDS, row)}
-            for row in rows
-        ]
+        return _summary_rows(rows)
+
+    def page_summaries(
+        self, uid: str | None, offset: int, count: int
+    ) -> Op[tuple[list[str], list[dict[str, str] | None]]]:
+        """page() and summaries() of its ids: one round trip on a single server."""
+        if self.cluster:  # the session hashes live in other slots than the index
+            ids = yield from self.page(uid, offset, count)
+            return ids, (yield from self.summaries(ids))
+        key = self.keys.sessions if uid is None else self.keys.user_sessions(uid)
+        head, _, tail = self.keys.session("\x00").partition("\x00")
+        raw_ids, rows = yield Eval(
+            PAGE_SUMMARIES, (key,), (offset, offset + count - 1, head, tail, *SUMMARY_FIELDS)
+        )
+        return [text(i) for i in raw_ids], _summary_rows(rows)
 
     def exists(self, sids: Sequence[str]) -> Op[list[bool]]:
         if not sids:
@@ -416,6 +427,30 @@ class Store:
         field = "total_interactions"
         rows = yield Batch(tuple(("HGET", self.keys.session(s), field) for s in sids))
         return sum(int(r) for r in rows if r is not None)
+
+
+def _summary_rows(rows: Reply) -> list[dict[str, str] | None]:
+    return [
+        None if not row or row[0] is None else {f: text(v) for f, v in zip(SUMMARY_FIELDS, row)}
+        for row in rows
+    ]
+
+
+# Kept here, not in scripts.py: single servers only (it reads keys of many slots).
+# KEYS[1] an activity index (ZSET); ARGV[1] ARGV[2] ZREVRANGE start and stop, ARGV[3] ARGV[4]
+# the session hash key's head and tail around the id, ARGV[5..] the fields to read.
+# Reply: {ids, rows}: each row the HMGET of that session's fields (all nil once it is gone).
+PAGE_SUMMARIES = scripts.Script(
+    "page_summaries",
+    """
+local ids = redis.call('ZREVRANGE', KEYS[1], ARGV[1], ARGV[2])
+local rows = {}
+for i, sid in ipairs(ids) do
+  rows[i] = redis.call('HMGET', ARGV[3] .. sid .. ARGV[4], unpack(ARGV, 5))
+end
+return {ids, rows}
+""",
+)
 
 
 def _pairs(reply: Reply) -> list[tuple[str, int]]:
