@@ -14,6 +14,9 @@ import redis.asyncio
 from redsession import AsyncSessionManager, SessionManager, StorageError
 from tests.topology import SentinelSetup
 
+# Five processes and a failover: the whole module is slow (it still runs in CI).
+pytestmark = pytest.mark.slow
+
 WRITERS = 4
 BEFORE_KILL = 400  # acknowledged writes (all writers) before the master is killed
 AFTER_KILL = 100  # each writer goes on until it has this many acknowledged on the new master
@@ -75,7 +78,6 @@ class Writer:
                     return
 
 
-@pytest.mark.slow
 def test_kill_master_under_write_load(
     sentinel: SentinelSetup, record_property: pytest.RecordProperty
 ) -> None:
