@@ -105,7 +105,8 @@ class SessionCore:
 
     def resume_session(self, session_id: str, user_id: str, history: int | None) -> Op[Session]:
         sid, uid = check.session_id(session_id), check.user_id(user_id)
-        n = self.settings.resume_history if history is None else max(0, history)
+        n = self.settings.resume_history if history is None else check.integer(history, "history")
+        n = max(0, n)
         return (yield from self._follow(sid, lambda s: self._fetch(s, uid, touch=True, history=n)))
 
     def create_or_resume_session(self, user_id: str, session_id: str | None) -> Op[str]:
@@ -121,7 +122,7 @@ class SessionCore:
 
     def get_session(self, session_id: str, history: int, user_id: str | None) -> Op[Session]:
         sid, owner = check.session_id(session_id), self._owner(user_id)
-        n = max(0, history)
+        n = max(0, check.integer(history, "history"))
         read = lambda s: self._fetch(s, owner, touch=False, history=n)  # noqa: E731
         return (yield from self._follow(sid, read))
 
@@ -144,7 +145,7 @@ class SessionCore:
         sid, owner = check.session_id(session_id), self._owner(user_id)
         for name, v in (("limit", limit), ("before", before)):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-                raise InvalidInput(f"{name} must be a non-negative integer, not {v!r}")
+                raise InvalidInput(f"{name} must be a non-negative integer, not {check.show(v)}")
         t = self.stamp()
         raw = yield from self._follow(sid, lambda s: self.store.history(s, owner, t, limit, before))
         return self._decode(raw)
@@ -219,11 +220,11 @@ class SessionCore:
     ) -> Op[SessionPage]:
         uid = self._owner(user_id)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
-            raise InvalidInput(f"limit must be an integer from 1 to 10000, not {limit!r}")
+            raise InvalidInput(f"limit must be an integer from 1 to 10000, not {check.show(limit)}")
         offset = 0
         if cursor is not None:
             if not isinstance(cursor, str) or not cursor.isdigit() or len(cursor) > 12:
-                raise InvalidInput(f"invalid cursor {cursor!r}: pass back a next_cursor")
+                raise InvalidInput(f"invalid cursor {check.show(cursor)}: pass back a next_cursor")
             offset = int(cursor)
         ids, rows = yield from self.store.page_summaries(uid, offset, limit)
         items = [
@@ -418,7 +419,7 @@ class SessionCore:
 
     def changed_sessions(self, count: int) -> Op[list[tuple[str, int]]]:
         """(session id, change stamp) of sessions changed since their last dump."""
-        return (yield from self.store.dirty(count))
+        return (yield from self.store.dirty(check.integer(count, "count", 1)))
 
     def mark_dumped(self, entries: Sequence[tuple[str, int]]) -> Op[int]:
-        return (yield from self.store.clear_dirty(entries))
+        return (yield from self.store.clear_dirty(check.stamped_ids(entries)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 import secrets
 from collections.abc import Iterable, Mapping
 
@@ -16,6 +17,8 @@ SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # braces (they are Redis Cluster hash tags) or whitespace.
 USER_ID = re.compile(r"[A-Za-z0-9_.@+=:-]{1,256}")
 _SCALARS = (str, int, bool, type(None))
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
 
 
 def new_session_id() -> str:
@@ -30,7 +33,7 @@ def new_interaction_id() -> str:
 def session_id(value: object) -> str:
     if not isinstance(value, str) or not SESSION_ID.fullmatch(value):
         raise InvalidSessionId(
-            f"invalid session id {_show(value)}: use 1-128 characters from A-Z a-z 0-9 _ -"
+            f"invalid session id {show(value)}: use 1-128 characters from A-Z a-z 0-9 _ -"
         )
     return value
 
@@ -38,7 +41,7 @@ def session_id(value: object) -> str:
 def user_id(value: object) -> str:
     if not isinstance(value, str) or not USER_ID.fullmatch(value):
         raise InvalidSessionId(
-            f"invalid user id {_show(value)}: use 1-256 characters from A-Z a-z 0-9 _ . @ + = : -"
+            f"invalid user id {show(value)}: use 1-256 characters from A-Z a-z 0-9 _ . @ + = : -"
         )
     return value
 
@@ -57,6 +60,27 @@ def text(value: object, what: str, max_bytes: int) -> str:
     return value
 
 
+def integer(value: object, what: str, minimum: int | None = None) -> int:
+    """An int (not a bool) small enough to be a Redis argument, and >= minimum if given."""
+    if not isinstance(value, int) or isinstance(value, bool) or abs(value) >= 2**53:
+        raise InvalidInput(f"{what} must be an integer, not {show(value)}")
+    if minimum is not None and value < minimum:
+        raise InvalidInput(f"{what} must be at least {minimum}, not {value}")
+    return value
+
+
+def stamped_ids(entries: object) -> list[tuple[str, int]]:
+    """(session id, stamp) pairs as changed_sessions returns them; ids are not checked."""
+    if isinstance(entries, (str, bytes)) or not isinstance(entries, Iterable):
+        raise InvalidInput("entries must be a list of (session id, stamp) pairs")
+    out = []
+    for e in entries:
+        if not isinstance(e, (tuple, list)) or len(e) != 2 or not isinstance(e[0], str):
+            raise InvalidInput(f"entry {show(e)} is not a (session id, stamp) pair")
+        out.append((e[0], integer(e[1], "stamp")))
+    return out
+
+
 def topics(values: object, max_topics: int) -> list[str]:
     if values is None:
         return []
@@ -65,7 +89,7 @@ def topics(values: object, max_topics: int) -> list[str]:
     out: list[str] = []
     for t in values:
         if not isinstance(t, str) or not t or len(t) > 256:
-            raise InvalidInput(f"topic {_show(t)} must be a non-empty string of at most 256 chars")
+            raise InvalidInput(f"topic {show(t)} must be a non-empty string of at most 256 chars")
         if t not in out:
             out.append(t)
     if len(out) > max_topics:
@@ -102,7 +126,7 @@ def _check_tree(root: object, what: str, max_depth: int) -> None:
         if isinstance(node, Mapping):
             for k, v in node.items():
                 if not isinstance(k, str):
-                    raise InvalidInput(f"{what} has a non-string key {_show(k)}")
+                    raise InvalidInput(f"{what} has a non-string key {show(k)}")
                 stack.append((v, depth + 1))
         elif isinstance(node, (list, tuple)):
             stack.extend((v, depth + 1) for v in node)
@@ -110,6 +134,8 @@ def _check_tree(root: object, what: str, max_depth: int) -> None:
             raise InvalidInput(f"{what} holds a {type(node).__name__}, which is not JSON")
 
 
-def _show(value: object) -> str:
-    r = repr(value)
+def show(value: object) -> str:
+    """A short repr of a caller's value for an error message, whatever its size or depth."""
+    # reprlib bounds the depth too: repr() of a deeply nested value raises RecursionError.
+    r = _REPR.repr(value)
     return r if len(r) <= 60 else r[:57] + "..."

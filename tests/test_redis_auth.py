@@ -114,6 +114,7 @@ def test_acl_user_runs_every_manager_operation(
         assert [i.user_message for i in m.get_history(b, limit=10)] == ["yo"]
         assert {s.session_id for s in m.list_active_sessions("alice").sessions} == {a, b}
         assert set(m.iter_session_ids()) == {a, b}
+        assert list(m.iter_user_ids()) == ["alice"]
         doc = m.export_session_data(a, user_id="alice")
         assert m.export_session(a).session.session_id == a
         with pytest.raises(PermissionDenied):

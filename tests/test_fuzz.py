@@ -1,0 +1,428 @@
+"""Hostile input against every public entry point: the manager, dumps, the CLI, the MCP tools.
+
+Whatever the input (random, unicode, huge, deeply nested, NUL-containing, wrong types), a call
+either succeeds or raises a RedsessionError; nothing is written outside data_dir; and a call
+that names one user never returns another user's data.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from redsession import AsyncSessionManager, RedsessionError, SessionManager, Settings
+from redsession.dump import dump_sessions, restore_sessions, sessions_dir
+from redsession.embedded import RedisServer
+from redsession.keys import Keys
+
+FUZZ = settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
+# Small limits, so that "over the limit" is cheap to generate.
+LIMITS: dict[str, Any] = {
+    "max_message_bytes": 2000,
+    "max_context_bytes": 4000,
+    "max_json_depth": 8,
+    "max_topics": 8,
+    "resume_history": 5,
+}
+PREFIX = "fuzz"
+ALICE, BOB = "alice", "bob"
+
+# -- strategies ----------------------------------------------------------------------------
+
+_weird_chars = st.sampled_from(["\x00", "\ud800", "\u202e", "\ufeff", "{", "}", "*", "/", "..", "é", "🙂"])
+weird_text = st.one_of(
+    st.text(max_size=40),
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=40),
+    st.lists(_weird_chars | st.text(max_size=3), max_size=12).map("".join),
+    st.builds(lambda c, n: c * n, st.sampled_from(["a", "é", "\x00", "🙂"]), st.integers(0, 3000)),
+    st.sampled_from(["", " ", "../../etc/passwd", "/etc/passwd", "a\x00b", "CON", "x" * 129]),
+)
+_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    weird_text,
+)
+json_like = st.recursive(
+    _leaf,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(weird_text, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def _nest(depth: int, as_list: bool) -> object:
+    node: object = "leaf"
+    for _ in range(depth):
+        node = [node] if as_list else {"k": node}
+    return node
+
+
+deep = st.builds(_nest, st.integers(1, 3000), st.booleans())
+wrong_type = st.one_of(
+    st.binary(max_size=20),
+    st.tuples(st.integers()),
+    st.sets(st.integers(), max_size=3),
+    st.builds(object),
+    st.just(float("nan")),
+    st.dictionaries(st.integers(), st.integers(), max_size=2),
+    st.just(b"\x00"),
+    st.just([None]),
+)
+anything = st.one_of(weird_text, json_like, deep, wrong_type)
+maybe = st.one_of(st.none(), anything)
+
+
+def _json_bytes(value: object) -> bytes:
+    # The json module, not orjson: it writes ints beyond 64 bits, NaN and lone surrogates.
+    try:
+        return json.dumps(value, default=repr).encode()
+    except RecursionError:  # too deep to encode: deeply nested JSON text is as hostile
+        return b"[" * 5000 + b"]" * 5000
+
+
+def _ids(known: list[str]) -> st.SearchStrategy[Any]:
+    return st.one_of(st.sampled_from(known), weird_text, wrong_type)
+
+
+def _users() -> st.SearchStrategy[Any]:
+    return st.one_of(st.sampled_from([ALICE, BOB]), weird_text, wrong_type)
+
+
+def _calls(sids: list[str]) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
+    """For each public manager method, keyword arguments: plausible, hostile, or wrong types."""
+    sid, uid, opt_uid = _ids(sids), _users(), st.none() | _users()
+    obj = st.one_of(st.dictionaries(weird_text, json_like, max_size=5), deep, anything)
+    count = st.one_of(st.integers(-5, 50), st.integers(), anything)
+    topics = st.one_of(st.none(), st.lists(weird_text, max_size=12), anything)
+    fb = st.fixed_dictionaries
+    return {
+        "create_session": fb({"user_id": uid}, optional={"context": obj, "session_id": maybe}),
+        "create_or_resume_session": fb({"user_id": uid}, optional={"session_id": sid | maybe}),
+        "resume_session": fb({"session_id": sid, "user_id": uid}, optional={"history": count}),
+        "get_session": fb({"session_id": sid}, optional={"history": count, "user_id": opt_uid}),
+        "get_history": fb(
+            {"session_id": sid},
+            optional={"limit": st.none() | count, "before": st.none() | count, "user_id": opt_uid},
+        ),
+        "log_interaction": fb(
+            {"session_id": sid, "user_message": weird_text | anything},
+            optional={
+                "assistant_response": maybe | weird_text,
+                "metadata": st.none() | obj,
+                "topics": topics,
+                "user_id": opt_uid,
+            },
+        ),
+        "update_context": fb({"session_id": sid, "patch": obj}, optional={"user_id": opt_uid}),
+        "set_preferences": fb({"user_id": uid, "prefs": obj}),
+        "get_preferences": fb({"user_id": uid}),
+        "list_active_sessions": fb(
+            {}, optional={"user_id": opt_uid, "limit": count, "cursor": maybe | weird_text}
+        ),
+        "iter_session_ids": fb({}, optional={"user_id": opt_uid}),
+        "iter_user_ids": fb({}),
+        "export_session_data": fb({"session_id": sid}, optional={"user_id": opt_uid}),
+        "export_session": fb({"session_id": sid}, optional={"user_id": opt_uid}),
+        "import_session_data": fb(
+            {"doc": st.one_of(anything, _export_docs(sid), _export_docs(sid).map(_json_bytes))},
+            optional={"overwrite": st.booleans() | anything},
+        ),
+        "merge_sessions": fb(
+            {"primary_id": sid, "secondary_id": sid},
+            optional={"user_id": opt_uid, "allow_cross_user": st.booleans()},
+        ),
+        "delete_session": fb({"session_id": sid}, optional={"user_id": opt_uid}),
+        "cleanup_expired_sessions": fb({}, optional={"dry_run": st.booleans()}),
+        "expired_session_ids": fb({}, optional={"dry_run": st.booleans()}),
+        "stats": fb({}),
+        "changed_sessions": fb({"count": count}),
+        "mark_dumped": fb(
+            {"entries": st.lists(st.tuples(sid, count), max_size=3) | anything}
+        ),
+        "repair_indexes": fb({}),
+    }
+
+
+def _export_docs(sid: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """Export documents close enough to valid that they get past the first checks."""
+    ts = st.sampled_from(["2026-01-01T00:00:00Z", "2999-01-01T00:00:00+00:00", "nope", 0])
+    interaction = st.fixed_dictionaries(
+        {
+            "interaction_id": weird_text,
+            "timestamp": ts,
+            "user_message": weird_text,
+            "assistant_response": st.none() | weird_text,
+            "metadata": st.dictionaries(weird_text, json_like, max_size=3) | deep,
+            "topics": st.lists(weird_text, max_size=3),
+        }
+    )
+    return st.fixed_dictionaries(
+        {
+            "format": st.sampled_from(["redsession.session", "other"]),
+            "version": st.sampled_from([1, 2, "1"]),
+            "session": st.fixed_dictionaries(
+                {
+                    "session_id": sid,
+                    "user_id": st.sampled_from([ALICE, BOB]) | weird_text,
+                    "created_at": ts,
+                    "last_activity": ts,
+                    "total_interactions": st.integers(-1, 3),
+                    "context": st.dictionaries(weird_text, json_like, max_size=3) | deep,
+                    "topics": st.lists(weird_text, max_size=3),
+                    "version": st.integers(-1, 3),
+                    "merged_from": st.lists(sid, max_size=2),
+                }
+            ),
+            "interactions": st.lists(interaction, max_size=3),
+            "expires_at": ts,
+        }
+    )
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fuzz_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A working directory holding data_dir; anything else appearing in it is a failure."""
+    root = tmp_path_factory.mktemp("fuzz")
+    (root / "data").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        for name in list(os.environ):
+            if name.startswith("REDSESSION_") and name != "REDSESSION_SERVER_BIN":
+                mp.delenv(name)
+        yield root
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _outside_data(root: Path) -> set[str]:
+    return {p for p in _tree(root) if p != "data" and not p.startswith("data/")}
+
+
+@pytest.fixture(scope="module")
+def fuzz_manager(redis_server: RedisServer, fuzz_root: Path) -> Iterator[SessionManager]:
+    settings_ = Settings(key_prefix=PREFIX, data_dir=fuzz_root / "data", **LIMITS)
+    with SessionManager(redis.Redis.from_url(redis_server.url), settings_) as m:
+        yield m
+
+
+@pytest.fixture
+def fresh(fuzz_manager: SessionManager) -> Callable[[], tuple[str, str, str]]:
+    """Per example: a session each for alice and bob; returns their ids and alice's secret."""
+
+    def make() -> tuple[str, str, str]:
+        secret = "SECRET" + secrets.token_hex(6)
+        m = fuzz_manager
+        a = m.create_session(ALICE, context={"s": secret}).session_id
+        m.log_interaction(a, user_message=secret, metadata={"s": secret}, topics=[secret])
+        m.set_preferences(ALICE, {"s": secret})
+        b = m.create_session(BOB).session_id
+        m.log_interaction(b, user_message="hello from bob")
+        return a, b, secret
+
+    return make
+
+
+def _dump(result: object) -> str:
+    if hasattr(result, "model_dump_json"):
+        return str(result.model_dump_json())
+    return repr(result)
+
+
+# -- SessionManager ------------------------------------------------------------------------
+
+# run() executes an internal store operation (a generator), for rotate-keys: not user input.
+_NOT_OPERATIONS = {"close", "from_url", "run"}
+
+
+def test_the_fuzz_covers_every_public_method() -> None:
+    public = {
+        n
+        for n, f in inspect.getmembers(SessionManager, callable)
+        if not n.startswith("_") and n not in _NOT_OPERATIONS
+    }
+    assert public == set(_calls(["x"]))
+
+
+@pytest.mark.parametrize("method", sorted(_calls(["x"])))
+def test_manager_methods_fail_only_with_redsession_errors(
+    fuzz_manager: SessionManager,
+    fresh: Callable[[], tuple[str, str, str]],
+    fuzz_root: Path,
+    method: str,
+) -> None:
+    @FUZZ
+    @given(data=st.data())
+    def run(data: st.DataObject) -> None:
+        a, b, secret = fresh()
+        kwargs = data.draw(_calls([a, b, "no-such-session"])[method], label="kwargs")
+        try:
+            result = getattr(fuzz_manager, method)(**kwargs)
+            if isinstance(result, Iterator):
+                result = list(result)
+        except RedsessionError:
+            return
+        # A call made in bob's name never shows alice's data.
+        if kwargs.get("user_id") == BOB:
+            assert secret not in _dump(result)
+            assert a not in _dump(result) or method == "create_or_resume_session"
+
+    run()
+    assert _outside_data(fuzz_root) == set()
+
+
+def test_a_user_never_reads_another_users_session(
+    fuzz_manager: SessionManager, fresh: Callable[[], tuple[str, str, str]]
+) -> None:
+    m = fuzz_manager
+    reads: list[Callable[[str], object]] = [
+        lambda a: m.resume_session(a, BOB),
+        lambda a: m.get_session(a, history=10, user_id=BOB),
+        lambda a: m.get_history(a, user_id=BOB),
+        lambda a: m.export_session_data(a, user_id=BOB),
+        lambda a: m.log_interaction(a, user_message="x", user_id=BOB),
+        lambda a: m.update_context(a, {"x": 1}, user_id=BOB),
+        lambda a: m.delete_session(a, user_id=BOB),
+    ]
+
+    @FUZZ
+    @given(which=st.sampled_from(range(len(reads))), other=st.sampled_from(["nobody", BOB]))
+    def run(which: int, other: str) -> None:
+        a, b, secret = fresh()
+        missing = "missing-" + secrets.token_hex(4)
+        for sid in (a, missing):
+            with pytest.raises(RedsessionError) as info:
+                reads[which](sid)
+            assert secret not in str(info.value)
+        # Same message whether alice's id exists or not: bob learns nothing.
+        errors = []
+        for sid in (a, missing):
+            with pytest.raises(RedsessionError) as info:
+                m.resume_session(sid, other)
+            errors.append(str(info.value).replace(sid, "SID"))
+        assert errors[0] == errors[1]
+        assert m.create_or_resume_session(other, a) != a
+        assert a not in set(m.iter_session_ids(other))
+        assert secret not in str(m.get_preferences(other))
+        page = m.list_active_sessions(other, limit=1000)
+        assert a not in {s.session_id for s in page.sessions}
+        with pytest.raises(RedsessionError):
+            m.merge_sessions(b, a)  # different owners, no allow_cross_user
+        with pytest.raises(RedsessionError):
+            m.merge_sessions(b, a, user_id=BOB, allow_cross_user=True)
+        assert m.get_session(a).total_interactions == 1  # alice's session is untouched
+
+    run()
+
+
+async def test_async_manager_methods_fail_only_with_redsession_errors(
+    redis_server: RedisServer, fuzz_manager: SessionManager, fresh: Callable[[], Any]
+) -> None:
+    am = AsyncSessionManager.from_url(redis_server.url, key_prefix=PREFIX, **LIMITS)
+    a, b, secret = fresh()
+    calls = _calls([a, b])
+    names = ["create_session", "resume_session", "log_interaction", "update_context",
+             "set_preferences", "get_history", "import_session_data", "merge_sessions"]  # fmt: skip
+    strategy = st.tuples(st.sampled_from(names), st.data())
+    # Hypothesis cannot drive a coroutine: draw the calls first, then run them on the loop.
+    drawn: list[tuple[str, dict[str, Any]]] = []
+
+    @FUZZ
+    @given(strategy)
+    def draw(pair: tuple[str, st.DataObject]) -> None:
+        name, data = pair
+        drawn.append((name, data.draw(calls[name])))
+
+    draw()
+    try:
+        for name, kwargs in drawn:
+            try:
+                result = await getattr(am, name)(**kwargs)
+            except RedsessionError:
+                continue
+            if kwargs.get("user_id") == BOB:
+                assert secret not in _dump(result)
+    finally:
+        await am.close()
+    assert len(drawn) >= 20
+
+
+# -- dumps: hostile ids in Redis, hostile files on disk -------------------------------------
+
+
+def test_dump_and_restore_write_nothing_outside_data_dir(
+    fuzz_manager: SessionManager, fuzz_root: Path, tmp_path: Path
+) -> None:
+    m = fuzz_manager
+    k = Keys(PREFIX)
+    data = fuzz_root / "data"
+    folder = sessions_dir(data)
+    folder.mkdir(parents=True, exist_ok=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.json").write_text("{}")
+    before_outside = _tree(outside)
+    m.client.delete(k.dirty)  # the other tests' sessions: dumping them all is only slow
+
+    @FUZZ
+    @given(
+        ids=st.lists(weird_text, min_size=1, max_size=4),
+        files=st.lists(st.tuples(weird_text, st.binary(max_size=300) | json_like.map(_json_bytes)),
+                       max_size=4),
+        link=st.booleans(),
+    )  # fmt: skip
+    def run(ids: list[str], files: list[tuple[str, bytes]], link: bool) -> None:
+        # Ids no API call would accept, put straight into the dirty index and a hash.
+        r = m.client
+        for sid in ids:
+            # UTF-8 only: a non-UTF-8 member in the dirty index stops every dump (reported).
+            sid = sid.encode("utf-8", "replace").decode()
+            r.zadd(k.dirty, {sid: 1})
+            r.hset(k.session(sid), "user_id", "x")
+        for name, body in files:
+            safe = name.replace("/", "_").replace("\x00", "_").encode("utf-8", "replace")
+            if safe in (b"", b".", b".."):
+                continue
+            try:
+                (folder / os.fsdecode(safe[:200] + b".json")).write_bytes(body)
+            except OSError:
+                continue
+        if link:
+            target = folder / "link.json"
+            if not target.is_symlink():
+                target.unlink(missing_ok=True)
+                target.symlink_to(outside / "victim.json")
+        for step in (lambda: dump_sessions(m, data), lambda: restore_sessions(m)):
+            try:
+                step()
+            except RedsessionError:
+                pass
+
+    run()
+    assert _tree(outside) == before_outside
+    assert (outside / "victim.json").read_text() == "{}"
+    assert _outside_data(fuzz_root) == set()
