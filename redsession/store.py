@@ -7,6 +7,7 @@ module that speaks Redis commands (the worker's lock and the server launcher asi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -489,8 +490,14 @@ def _storage_errors() -> Iterator[None]:
         raise StorageError(f"Redis refused the command: {e}") from e
 
 
+@functools.cache
+def _sha(script: scripts.Script) -> str:
+    # Script.sha hashes the whole source (~5 µs) on every call; scripts never change.
+    return script.sha
+
+
 def _evalsha_args(cmd: Eval) -> tuple[Arg, ...]:
-    return (cmd.script.sha, len(cmd.keys), *cmd.keys, *cmd.args)
+    return (_sha(cmd.script), len(cmd.keys), *cmd.keys, *cmd.args)
 
 
 class SyncDriver:
