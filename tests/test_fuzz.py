@@ -7,6 +7,7 @@ that names one user never returns another user's data.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -15,10 +16,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from redsession import AsyncSessionManager, RedsessionError, SessionManager, Settings
@@ -48,7 +48,9 @@ ALICE, BOB = "alice", "bob"
 
 # -- strategies ----------------------------------------------------------------------------
 
-_weird_chars = st.sampled_from(["\x00", "\ud800", "\u202e", "\ufeff", "{", "}", "*", "/", "..", "é", "🙂"])
+_weird_chars = st.sampled_from(
+    ["\x00", "\ud800", "\u202e", "\ufeff", "{", "}", "*", "/", "..", "é", "🙂"]
+)
 weird_text = st.one_of(
     st.text(max_size=40),
     st.text(alphabet=st.characters(codec="utf-8"), max_size=40),
@@ -156,9 +158,7 @@ def _calls(sids: list[str]) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
         "expired_session_ids": fb({}, optional={"dry_run": st.booleans()}),
         "stats": fb({}),
         "changed_sessions": fb({"count": count}),
-        "mark_dumped": fb(
-            {"entries": st.lists(st.tuples(sid, count), max_size=3) | anything}
-        ),
+        "mark_dumped": fb({"entries": st.lists(st.tuples(sid, count), max_size=3) | anything}),
         "repair_indexes": fb({}),
     }
 
@@ -417,12 +417,195 @@ def test_dump_and_restore_write_nothing_outside_data_dir(
                 target.unlink(missing_ok=True)
                 target.symlink_to(outside / "victim.json")
         for step in (lambda: dump_sessions(m, data), lambda: restore_sessions(m)):
-            try:
+            with contextlib.suppress(RedsessionError):
                 step()
-            except RedsessionError:
-                pass
 
     run()
     assert _tree(outside) == before_outside
     assert (outside / "victim.json").read_text() == "{}"
     assert _outside_data(fuzz_root) == set()
+
+
+# -- the CLI -------------------------------------------------------------------------------
+
+# Commands that return; server, worker (without --check), mcp and up run until a signal.
+CLI_COMMANDS = ["list", "show", "export", "import", "merge", "delete", "cleanup", "dump",
+                "restore", "stats", "version", "repair-index", "rotate-keys"]  # fmt: skip
+CLI_SERVICES = ["server", "worker", "mcp", "up"]
+CLI_OPTIONS = ["--user", "--limit", "--cursor", "--history", "--all", "-o", "--output",
+               "--overwrite", "-y", "--yes", "--allow-cross-user", "--dry-run", "--from",
+               "--json", "--check", "--port", "--", "-"]  # fmt: skip
+EXIT_CODES = set(range(7))
+
+
+def _no_nul(text: str) -> str:
+    """``text`` as a real argv entry: no NUL, and undecodable bytes surrogate-escaped."""
+    return os.fsdecode(text.replace("\x00", "").encode("utf-8", "surrogatepass"))
+
+
+def test_the_cli_fuzz_covers_every_command() -> None:
+    from redsession.cli import cli
+
+    assert set(cli.commands) == {*CLI_COMMANDS, *CLI_SERVICES}
+
+
+@pytest.fixture
+def cli_env(fuzz_root: Path) -> Iterator[None]:
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    # The CLI installs its own stderr handler on each run; CliRunner's stream is gone now.
+    for h in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(h)
+    root.setLevel(level)
+
+
+def test_cli_commands_exit_cleanly_whatever_the_arguments(
+    redis_server: RedisServer,
+    fuzz_manager: SessionManager,
+    fresh: Callable[[], tuple[str, str, str]],
+    fuzz_root: Path,
+    cli_env: None,
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from redsession.cli import cli
+
+    runner = CliRunner()
+    a, b, _ = fresh()
+    out = tmp_path / "out"
+    out.mkdir()
+    token = st.one_of(
+        st.sampled_from(CLI_OPTIONS),
+        st.sampled_from([a, b, ALICE, BOB, "0", "-1", "99999999999999999999", str(out)]),
+        weird_text.map(_no_nul),
+    )
+    ids = st.one_of(st.sampled_from([a, b, "no-such-session"]), weird_text.map(_no_nul))
+    args_strategy = st.tuples(
+        st.sampled_from(CLI_COMMANDS),
+        st.builds(list.__add__, st.lists(ids, max_size=2), st.lists(token, max_size=4)),
+        st.sampled_from(["WARNING", "ERROR", "INFO"]),
+        st.one_of(st.none(), st.binary(max_size=200), _export_docs(st.just(a)).map(_json_bytes)),
+    )
+
+    @settings(FUZZ, max_examples=150)  # 13 commands; each run is a few milliseconds
+    @given(args_strategy)
+    @example(("list", [], "WARNING", None))
+    @example(("show", ["no-such-session"], "WARNING", None))
+    @example(("import", ["-"], "WARNING", b"{not json"))
+    def run(drawn: tuple[str, list[str], str, bytes | None]) -> None:
+        command, args, level, stdin = drawn
+        # Exports go where the operator says: keep them in our folder, not the working dir.
+        args = [str(out / f"x{i}") if i and args[i - 1] in ("-o", "--output") else t
+                for i, t in enumerate(args)]  # fmt: skip
+        base = ["--redis-url", redis_server.url, "--data-dir", str(fuzz_root / "data")]
+        result = runner.invoke(
+            cli,
+            [*base, "--log-level", level, command, *args],
+            input=stdin,
+            env={"REDSESSION_KEY_PREFIX": PREFIX},
+        )
+        assert result.exit_code in EXIT_CODES, (args, result.output, result.exception)
+        if result.exception is not None:
+            assert isinstance(result.exception, SystemExit), (args, repr(result.exception))
+        assert "Traceback" not in result.output
+        codes.add(result.exit_code)
+
+    codes: set[int] = set()
+    run()
+    assert {0, 2, 3, 6} <= codes, codes  # ok, usage, not found, bad input all reached
+    assert _outside_data(fuzz_root) == set()
+
+
+@pytest.mark.parametrize("command", CLI_SERVICES)
+def test_cli_services_refuse_bad_arguments_cleanly(
+    command: str, redis_server: RedisServer, fuzz_root: Path, cli_env: None
+) -> None:
+    from click.testing import CliRunner
+
+    from redsession.cli import cli
+
+    runner = CliRunner()
+
+    @FUZZ
+    @given(st.lists(weird_text.map(_no_nul), min_size=1, max_size=3))
+    def run(junk: list[str]) -> None:
+        # A stray positional argument or an unknown option: none of these take one, so
+        # each must be a usage error, never a started service.
+        args = [command, "--port", "0", "--no-such-option", *junk]
+        result = runner.invoke(cli, ["--redis-url", redis_server.url, *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert "Traceback" not in result.output
+
+    run()
+
+
+# -- the MCP tools -------------------------------------------------------------------------
+
+
+def _utf8(value: object) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _tool_arguments(schema: dict[str, Any], known: list[str]) -> st.SearchStrategy[Any]:
+    """Arguments for one tool: its own parameters (hostile values) and stray ones."""
+    props = list(schema.get("properties", {}))
+    # Depth up to 200: the SDK's client itself refuses to serialize much deeper values.
+    shallow_deep = st.builds(_nest, st.integers(1, 200), st.booleans())
+    # and it cannot send lone surrogates (a raw JSON client can: the manager fuzz covers them).
+    value = st.one_of(st.sampled_from(known), json_like.filter(_utf8), shallow_deep)
+    named = (
+        st.dictionaries(st.sampled_from(props), value, max_size=len(props))
+        if props
+        else st.just({})
+    )
+    stray = st.dictionaries(weird_text, json_like, max_size=2).filter(_utf8)
+    return st.one_of(
+        st.builds(lambda n, s: {**s, **n}, named, stray),
+        named,
+        st.fixed_dictionaries({p: value for p in props}),
+    )
+
+
+async def test_mcp_tools_answer_with_a_result_or_a_tool_error(
+    redis_server: RedisServer, fuzz_manager: SessionManager, fresh: Callable[[], Any]
+) -> None:
+    from mcp import Client
+
+    from redsession.mcp_server import build_server
+
+    a, b, _ = fresh()
+    settings_ = Settings(key_prefix=PREFIX, **LIMITS)
+    am = AsyncSessionManager.from_url(redis_server.url, key_prefix=PREFIX, **LIMITS)
+    try:
+        async with Client(build_server(am, settings_)) as client:
+            tools = {t.name: t.input_schema for t in (await client.list_tools()).tools}
+            assert len(tools) >= 10
+            drawn: list[tuple[str, Any]] = []
+
+            @FUZZ
+            @given(st.data())
+            def draw(data: st.DataObject) -> None:
+                name = data.draw(st.sampled_from(sorted(tools)))
+                drawn.append((name, data.draw(_tool_arguments(tools[name], [a, b, ALICE, BOB]))))
+
+            for _ in range(3):  # 50 examples per run; every tool gets some
+                draw()
+            errors = 0
+            for name, args in drawn:
+                result = await client.call_tool(name, args)
+                if result.is_error:
+                    errors += 1
+                    text = " ".join(getattr(c, "text", "") for c in result.content)
+                    assert "Traceback" not in text, (name, args, text)
+                    assert "\n" not in text.strip(), (name, args, text)
+            assert 0 < errors < len(drawn)  # both outcomes were reached
+    finally:
+        await am.close()
