@@ -77,6 +77,11 @@ def stamped_ids(entries: object) -> list[tuple[str, int]]:
     for e in entries:
         if not isinstance(e, (tuple, list)) or len(e) != 2 or not isinstance(e[0], str):
             raise InvalidInput(f"entry {show(e)} is not a (session id, stamp) pair")
+        if not e[0].isascii():  # ids from Redis are UTF-8; only a caller can pass surrogates
+            try:
+                e[0].encode()
+            except UnicodeEncodeError:
+                raise InvalidInput(f"entry {show(e)} holds a lone surrogate") from None
         out.append((e[0], integer(e[1], "stamp")))
     return out
 

@@ -44,6 +44,9 @@ LIMITS: dict[str, Any] = {
     "resume_history": 5,
 }
 PREFIX = "fuzz"
+# The fuzzed store is encrypted; the CLI and the MCP server read it without the key, so
+# DecryptionError must come out as cleanly as any other error.
+KEY = "oCcWXp7mJ2fUq0s7YlDLmU1Sxg9hKqjJ0m0m2Zq0V5o="
 ALICE, BOB = "alice", "bob"
 
 # -- strategies ----------------------------------------------------------------------------
@@ -225,7 +228,9 @@ def _outside_data(root: Path) -> set[str]:
 
 @pytest.fixture(scope="module")
 def fuzz_manager(redis_server: RedisServer, fuzz_root: Path) -> Iterator[SessionManager]:
-    settings_ = Settings(key_prefix=PREFIX, data_dir=fuzz_root / "data", **LIMITS)
+    settings_ = Settings(
+        key_prefix=PREFIX, data_dir=fuzz_root / "data", encryption_keys=[KEY], **LIMITS
+    )
     with SessionManager(redis.Redis.from_url(redis_server.url), settings_) as m:
         yield m
 

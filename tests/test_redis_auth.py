@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 from cryptography import x509
+from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -31,6 +32,7 @@ from redsession.dump import dump_sessions, restore_sessions
 from redsession.embedded import RedisServer, ServerError
 from redsession.keys import Keys
 from redsession.leader import LeaderLock
+from redsession.rotation import rotate_keys
 from tests.conftest import ServerFactory
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "security.md"
@@ -138,6 +140,15 @@ def test_acl_user_runs_every_manager_operation(
         assert lock.renew()
         assert lock.holder_ttl() > 0
         assert lock.release()
+    # Encryption at rest and rotate-keys under the same rule.
+    old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    with SessionManager.from_url(_app_url(server), encryption_keys=[old_key]) as m:
+        sid = m.create_session("carol", context={"secret": 1}).session_id
+        m.log_interaction(sid, user_message="sealed")
+        m.set_preferences("carol", {"p": 1})
+    with SessionManager.from_url(_app_url(server), encryption_keys=[new_key, old_key]) as m:
+        assert rotate_keys(m).sessions_rotated >= 1
+        assert rotate_keys(m).sessions_rotated == 0
     # Everything the user wrote lives under its prefix.
     assert all(k.startswith(b"redsession:") for k in admin.scan_iter())
 
