@@ -614,3 +614,71 @@ async def test_mcp_tools_answer_with_a_result_or_a_tool_error(
             assert 0 < errors < len(drawn)  # both outcomes were reached
     finally:
         await am.close()
+
+
+def test_mcp_stdio_survives_malformed_requests(redis_server: RedisServer, tmp_path: Path) -> None:
+    """What no SDK client sends: lone surrogates, 100k-deep JSON, non-JSON lines."""
+    import select
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDSESSION_")}
+    env["REDSESSION_REDIS_URL"] = redis_server.url
+    with (tmp_path / "stderr").open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "redsession.mcp_server"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env,
+        )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+
+    def send(line: str) -> None:
+        assert proc.stdin is not None
+        proc.stdin.write(line.encode("utf-8", "surrogatepass") + b"\n")
+        proc.stdin.flush()
+
+    def call(i: int, name: str, args: str) -> str:
+        return (
+            f'{{"jsonrpc":"2.0","id":{i},"method":"tools/call",'
+            f'"params":{{"name":"{name}","arguments":{args}}}}}'
+        )
+
+    def replies_until(wanted_id: int) -> dict[str, Any]:
+        while True:
+            ready, _, _ = select.select([proc.stdout], [], [], 30)
+            assert ready, "no reply within 30 s"
+            assert proc.stdout is not None
+            reply = json.loads(proc.stdout.readline())
+            if reply.get("id") == wanted_id:
+                return dict(reply)
+
+    try:
+        hello = {"protocolVersion": "2025-06-18", "capabilities": {},
+                 "clientInfo": {"name": "raw", "version": "0"}}  # fmt: skip
+        send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}))
+        replies_until(1)
+        send('{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        deep = "[" * 100_000 + "]" * 100_000
+        send(call(2, "start_session", '{"user_id":"\\ud800"}'))
+        send(call(3, "start_session", '{"user_id":"a","context":{"x":' + deep + "}}"))
+        send(call(4, "log_interaction", '{"session_id":"x","user_message":"\\ud800\\u0000"}'))
+        send("not json at all")
+        send("\ud800")
+        send(call(5, "start_session", '{"user_id":"alice"}'))
+        # Whatever became of the others (the SDK drops some unanswered), the server lives on.
+        reply = replies_until(5)
+        assert reply["result"]["isError"] is False
+        assert proc.poll() is None
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    assert proc.returncode == 0
+    assert b"Traceback" not in (tmp_path / "stderr").read_bytes()
