@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench import harness, report, suite
 from bench.harness import FULL, SMOKE
+from bench.ops import OPS
 
 SECTIONS = ("ops", "growth", "dump", "memory")
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only these sections (repeatable); the default is all")  # fmt: skip
     p.add_argument("--setup", action="append", choices=suite.SETUPS,
                    help="operations benchmark: only these setups (repeatable)")  # fmt: skip
-    p.add_argument("--op", action="append", choices=list(suite.OPS),
+    p.add_argument("--op", action="append", choices=list(OPS),
                    help="operations benchmark: only these operations (repeatable)")  # fmt: skip
     p.add_argument(
         "--impl", action="append", help="operations benchmark: only impls whose name has this"
@@ -49,13 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     sections = tuple(args.section or SECTIONS)
     setups = tuple(args.setup or suite.SETUPS)
-    ops = tuple(args.op or suite.OPS)
+    ops = tuple(args.op or OPS)
     complete = (
         not args.smoke
         and not args.impl
         and sections == SECTIONS
         and setups == suite.SETUPS
-        and ops == suite.OPS
+        and ops == OPS
     )
     out = args.out or (DOCS if complete else None)
 
@@ -95,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print(f"bench finished in {time.monotonic() - started:.1f} s")
     if out is not None:
-        from bench.notes import PREAMBLE
+        from bench.notes import OPTIMISATIONS, PREAMBLE
 
-        report.write_markdown(out, machine, budget, tables, targets, PREAMBLE)
+        report.write_markdown(out, machine, budget, tables, targets, PREAMBLE, OPTIMISATIONS)
         print(f"wrote {out}")
     return 0
 

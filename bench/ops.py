@@ -80,13 +80,17 @@ class Redsession(Impl):
         return redis.Redis.from_url(url, **extra)
 
     def sync(self, ds: Dataset) -> dict[str, SyncFn]:
+        if self.parser is None:  # the production client: blocking pool, no retries
+            return _redsession_fns(SessionManager.from_url(ds.url), ds)
         m = SessionManager(self._client(ds.url), Settings(redis_url=ds.url))
         return _redsession_fns(m, ds)
 
     async def aio(self, ds: Dataset) -> tuple[dict[str, AsyncFn], Callable[[], Awaitable[None]]]:
-        extra = {"parser_class": self.async_parser} if self.async_parser else {}
-        client = redis.asyncio.Redis.from_url(ds.url, **extra)
-        m = AsyncSessionManager(client, Settings(redis_url=ds.url))
+        if self.async_parser is None:
+            m = AsyncSessionManager.from_url(ds.url)
+        else:
+            client = redis.asyncio.Redis.from_url(ds.url, parser_class=self.async_parser)
+            m = AsyncSessionManager(client, Settings(redis_url=ds.url))
         log, read, exp, users = ds.log, ds.read, ds.export, ds.users
 
         async def log_interaction(i: int) -> object:
@@ -107,8 +111,10 @@ class Redsession(Impl):
             sid, uid = exp[i % len(exp)]
             return await m.export_session_data(sid, user_id=uid)
 
-        fns = {"log_interaction": log_interaction, "resume": resume,
-               "list_active_sessions": list_active, "export": export}  # fmt: skip
+        fns: dict[str, AsyncFn] = {
+            "log_interaction": log_interaction, "resume": resume,
+            "list_active_sessions": list_active, "export": export,
+        }  # fmt: skip
         return fns, m.close
 
 
@@ -270,7 +276,7 @@ def _hash(flat: list[bytes]) -> dict[str, str]:
 
 
 def _resume_result(reply: Any) -> dict[str, Any]:
-    h = _hash(reply[0])
+    h: dict[str, Any] = _hash(reply[0])
     h["history"] = [orjson.loads(r) for r in reply[1]]
     return h
 
@@ -284,9 +290,9 @@ def _list_result(reply: Any) -> list[dict[str, str]]:
 
 
 def _export_result(reply: Any) -> dict[str, Any]:
-    h = _hash(reply[0])
+    h: dict[str, Any] = _hash(reply[0])
     for f in ("context", "topics", "merged_from"):
-        h[f] = orjson.loads(h[f])  # type: ignore[assignment]
+        h[f] = orjson.loads(h[f])
     return {"format": "redsession.session", "version": 1, "session": h,
             "interactions": [orjson.loads(r) for r in reply[1]]}  # fmt: skip
 
@@ -335,6 +341,11 @@ class Raw(Impl):
         async def export(i: int) -> object:
             return _export_result(await r.evalsha(*c.export_args(*exp[i % len(exp)])))
 
-        fns = {"log_interaction": log_interaction, "resume": resume,
-               "list_active_sessions": list_active, "export": export}  # fmt: skip
-        return fns, r.aclose
+        async def close() -> None:
+            await r.aclose()
+
+        fns: dict[str, AsyncFn] = {
+            "log_interaction": log_interaction, "resume": resume,
+            "list_active_sessions": list_active, "export": export,
+        }  # fmt: skip
+        return fns, close

@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import secrets
+import warnings
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -40,7 +42,7 @@ def _new_interaction() -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _append(raw: bytes | None) -> bytes:
+def _append(raw: Any) -> bytes:
     doc = orjson.loads(raw) if raw else {"interactions": []}
     doc["interactions"].append(_new_interaction())
     doc["last_activity"] = datetime.now(timezone.utc).isoformat()
@@ -48,7 +50,7 @@ def _append(raw: bytes | None) -> bytes:
     return orjson.dumps(doc)
 
 
-def _resumed(raw: bytes | None) -> dict[str, Any]:
+def _resumed(raw: Any) -> dict[str, Any]:
     doc: dict[str, Any] = orjson.loads(raw) if raw else {}
     doc["history"] = doc.pop("interactions", [])[-HISTORY:]
     return doc
@@ -108,8 +110,13 @@ class JsonBlob(Impl):
             raw = await r.get(BLOB_PREFIX + exp[i % len(exp)][0])
             return orjson.loads(raw) if raw else None
 
-        fns = {"log_interaction": log_interaction, "resume": resume, "export": export}
-        return fns, r.aclose
+        async def close() -> None:
+            await r.aclose()
+
+        fns: dict[str, AsyncFn] = {
+            "log_interaction": log_interaction, "resume": resume, "export": export,
+        }  # fmt: skip
+        return fns, close
 
 
 class LangChain(Impl):
@@ -128,7 +135,9 @@ class LangChain(Impl):
         self.reset(ds, everything=True)
 
     def reset(self, ds: Dataset, *, everything: bool = False) -> None:
-        from langchain_core.messages import AIMessage, HumanMessage, message_to_dict
+        messages = importlib.import_module("langchain_core.messages")
+        AIMessage, HumanMessage = messages.AIMessage, messages.HumanMessage
+        message_to_dict = messages.message_to_dict
 
         pair = [
             orjson.dumps(message_to_dict(HumanMessage(content=data.USER_MESSAGE))),
@@ -144,8 +153,9 @@ class LangChain(Impl):
             pipe.execute()
 
     def sync(self, ds: Dataset) -> dict[str, SyncFn]:
-        from langchain_community.chat_message_histories import RedisChatMessageHistory
-        from langchain_core.messages import AIMessage, HumanMessage
+        RedisChatMessageHistory = _langchain_history()
+        messages = importlib.import_module("langchain_core.messages")
+        AIMessage, HumanMessage = messages.AIMessage, messages.HumanMessage
 
         # The library builds a client per history object (connecting lazily); sharing one
         # keeps the connection count sane without changing the commands it sends.
@@ -174,8 +184,9 @@ class LangChain(Impl):
 
     async def aio(self, ds: Dataset) -> tuple[dict[str, AsyncFn], Callable[[], Awaitable[None]]]:
         # The class has no native asyncio I/O: its async methods run the sync ones in a thread.
-        from langchain_community.chat_message_histories import RedisChatMessageHistory
-        from langchain_core.messages import AIMessage, HumanMessage
+        RedisChatMessageHistory = _langchain_history()
+        messages = importlib.import_module("langchain_core.messages")
+        AIMessage, HumanMessage = messages.AIMessage, messages.HumanMessage
 
         shared = redis.Redis.from_url(ds.url)
         histories: dict[str, Any] = {}
@@ -203,6 +214,15 @@ class LangChain(Impl):
             shared.close()
 
         return {"log_interaction": log_interaction, "resume": resume}, close
+
+
+def _langchain_history() -> Any:
+    with warnings.catch_warnings():
+        # langchain-community warns on import that it is being sunset; the peer is still
+        # what many assistants run on, so it is measured all the same (see the notes).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = importlib.import_module("langchain_community.chat_message_histories")
+    return module.RedisChatMessageHistory
 
 
 def peers() -> list[type[Impl]]:

@@ -21,8 +21,12 @@ class Table:
     def text(self) -> str:
         cells = [list(self.headers), *[list(r) for r in self.rows]]
         widths = [max(len(r[i]) for r in cells) for i in range(len(self.headers))]
-        line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(r, widths)))  # fmt: skip
+
+        def line(r: Sequence[str]) -> str:
+            return "  ".join(
+                c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
+            )
+
         out = [self.title, line(cells[0]), "  ".join("-" * w for w in widths)]
         out += [line(r) for r in cells[1:]]
         out += [f"  * {n}" for n in self.notes]
@@ -92,7 +96,7 @@ def target_lines(res: OpsResult) -> list[str]:
 
 def write_markdown(
     path: Path, machine: dict[str, str], budget: Budget, tables: list[Table],
-    targets: list[str], preamble: str,
+    targets: list[str], preamble: str, closing: str = "",
 ) -> None:  # fmt: skip
     parts = [
         "# Benchmarks",
@@ -117,4 +121,6 @@ def write_markdown(
     ]
     for t in tables:
         parts += [t.markdown(), ""]
+    if closing.strip():
+        parts += [closing.strip(), ""]
     path.write_text("\n".join(parts))
