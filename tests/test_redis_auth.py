@@ -55,17 +55,13 @@ def test_requirepass_wrong_or_missing_password_is_storage_unavailable(
 ) -> None:
     server = server_factory(password="s3cret")
     auth = f":{password}@" if password else ""
-    # redis-py raises AuthenticationError (a ConnectionError) on the first command,
-    # or a NOAUTH reply when no password was sent at all.
+    # redis-py raises AuthenticationError (a ConnectionError) on the first command; with no
+    # password at all, the server refuses its HELLO ("... already authenticated ...").
     with (
         SessionManager.from_url(f"redis://{auth}127.0.0.1:{server.port}/0") as m,
-        pytest.raises(StorageError, match=r"(?i)auth|password") as info,
+        pytest.raises(StorageUnavailable, match=r"invalid username-password|authenticated"),
     ):
         m.create_session("alice")
-    assert not isinstance(info.value.__cause__, StorageError)
-    if password is not None:
-        assert isinstance(info.value, StorageUnavailable)
-        assert "wrong" not in str(info.value)  # the password is not echoed
 
 
 # -- ACL user ------------------------------------------------------------------------------
