@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     mcp_port: int = Field(default=8765, ge=0, le=65535)
     # When set, HTTP requests must carry "Authorization: Bearer <token>".
     mcp_token: SecretStr | None = None
+    # JSON object of more bearer tokens -> the user id each may act for ("*": admin).
+    mcp_tokens_file: Path | None = None
 
     @field_validator("encryption_keys", mode="before")
     @classmethod

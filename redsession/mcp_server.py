@@ -7,7 +7,6 @@ that fails the input schema, comes back as a one-line tool error (``isError``).
 
 from __future__ import annotations
 
-import hmac
 import logging
 import sys
 from typing import Annotated, Any, Literal
@@ -18,14 +17,14 @@ from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from redsession import __version__
 from redsession.config import Settings
 from redsession.connection import async_client
 from redsession.errors import ConfigError, RedsessionError
 from redsession.manager import AsyncSessionManager
+from redsession.mcp_auth import BearerAuth, Caller, TokenTable, caller
 from redsession.models import Interaction, Session, SessionExport, SessionPage
 
 logger = logging.getLogger(__name__)
@@ -50,6 +49,7 @@ UserId = Annotated[
     Field(description="The id of the user the session belongs to (A-Z a-z 0-9 _ . @ + = : -)."),
 ]
 JsonObject = dict[str, Any]
+Ctx = Context[Any, Any]
 
 
 class _Result(BaseModel):
@@ -120,31 +120,40 @@ class RedsessionMCP(MCPServer[Any]):
 def build_server(manager: AsyncSessionManager, settings: Settings) -> RedsessionMCP:
     """The MCP server with every session tool bound to ``manager``; run it on any transport."""
     mcp = RedsessionMCP("redsession", version=__version__, instructions=INSTRUCTIONS)
+    tokens = TokenTable.from_settings(settings)
+
+    def who(ctx: Ctx) -> Caller:
+        return caller(tokens, ctx.headers)
     reads = ToolAnnotations(read_only_hint=True, open_world_hint=False)
     writes = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
     destroys = ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=False)
 
     @mcp.tool(annotations=writes)
-    async def start_session(user_id: UserId, context: JsonObject | None = None) -> Session:
+    async def start_session(
+        user_id: UserId, ctx: Ctx, context: JsonObject | None = None
+    ) -> Session:
         """Start a new conversation session for a user, optionally with an initial context.
 
         Returns the session; keep its session_id for every later call.
         """
+        who(ctx).may_act_for(user_id)
         return await manager.create_session(user_id, context=context)
 
     @mcp.tool(annotations=writes)
-    async def resume_session(session_id: SessionId, user_id: UserId) -> Session:
+    async def resume_session(session_id: SessionId, user_id: UserId, ctx: Ctx) -> Session:
         """Resume a session of this user: returns it with its recent interactions.
 
         Counts as activity (pushes its expiry back). Fails if the session does not exist,
         has expired, or belongs to another user. A merged session's id resumes the session
         it was merged into.
         """
+        who(ctx).may_act_for(user_id)
         return await manager.resume_session(session_id, user_id)
 
     @mcp.tool(annotations=writes)
     async def log_interaction(
         session_id: SessionId,
+        ctx: Ctx,
         user_message: Annotated[str, Field(description="What the user said.")],
         assistant_response: Annotated[
             str | None, Field(description="What the assistant answered, if anything yet.")
@@ -163,6 +172,7 @@ def build_server(manager: AsyncSessionManager, settings: Settings) -> Redsession
             assistant_response=assistant_response,
             metadata=metadata,
             topics=topics,
+            user_id=who(ctx).user_id,
         )
         return Logged(
             session_id=session_id, interaction_id=i.id, timestamp=i.timestamp, topics=i.topics
@@ -171,12 +181,13 @@ def build_server(manager: AsyncSessionManager, settings: Settings) -> Redsession
     @mcp.tool(annotations=reads)
     async def get_session_context(
         session_id: SessionId,
+        ctx: Ctx,
         history: Annotated[
             int, Field(ge=0, le=MAX_HISTORY, description="How many recent interactions to return.")
         ] = 10,
     ) -> SessionContext:
         """Read a session's context, its user's preferences, its topics and recent interactions."""
-        s = await manager.get_session(session_id, history=history)
+        s = await manager.get_session(session_id, history=history, user_id=who(ctx).user_id)
         prefs = await manager.get_preferences(s.user_id)
         return SessionContext(
             session_id=s.session_id,
@@ -193,29 +204,33 @@ def build_server(manager: AsyncSessionManager, settings: Settings) -> Redsession
     @mcp.tool(annotations=writes)
     async def update_session_context(
         session_id: SessionId,
+        ctx: Ctx,
         patch: Annotated[
             JsonObject,
             Field(description="Deep-merged into the context; a null value deletes that key."),
         ],
     ) -> Session:
         """Change a session's context by deep-merging a patch into it; returns the session."""
-        return await manager.update_context(session_id, patch)
+        return await manager.update_context(session_id, patch, user_id=who(ctx).user_id)
 
     @mcp.tool(annotations=writes)
     async def set_user_preferences(
         user_id: UserId,
+        ctx: Ctx,
         preferences: Annotated[
             JsonObject,
             Field(description="Merged into the user's preferences; a null value removes a key."),
         ],
     ) -> Preferences:
         """Set preferences of a user, shared by all their sessions; returns all of them."""
+        who(ctx).may_act_for(user_id)
         return Preferences(
             user_id=user_id, preferences=await manager.set_preferences(user_id, preferences)
         )
 
     @mcp.tool(annotations=reads)
     async def list_sessions(
+        ctx: Ctx,
         user_id: Annotated[
             str | None, Field(description="Only this user's sessions; all users' if omitted.")
         ] = None,
@@ -225,76 +240,52 @@ def build_server(manager: AsyncSessionManager, settings: Settings) -> Redsession
         ] = None,
     ) -> SessionPage:
         """List live sessions, most recently active first, one page at a time."""
+        me = who(ctx)
+        if me.user_id is not None:  # a user's token lists that user's sessions only
+            user_id = me.may_act_for(user_id or me.user_id)
         return await manager.list_active_sessions(user_id, limit=limit, cursor=cursor)
 
     @mcp.tool(annotations=reads)
-    async def export_session(session_id: SessionId) -> SessionExport:
+    async def export_session(session_id: SessionId, ctx: Ctx) -> SessionExport:
         """Export a session and its whole history as a versioned JSON document."""
-        return await manager.export_session(session_id)
+        return await manager.export_session(session_id, user_id=who(ctx).user_id)
 
     @mcp.tool(annotations=destroys)
     async def import_session(
+        ctx: Ctx,
         document: Annotated[JsonObject, Field(description="A document from export_session.")],
         overwrite: Annotated[
             bool, Field(description="Replace a live session with the same id.")
         ] = False,
     ) -> Imported:
         """Load a session from an export_session document, keeping its id and expiry."""
+        who(ctx).admin_only("import_session")  # it can name any user and overwrite
         return Imported(session_id=await manager.import_session_data(document, overwrite=overwrite))
 
     @mcp.tool(annotations=destroys)
-    async def merge_sessions(primary_id: SessionId, secondary_id: SessionId) -> Session:
+    async def merge_sessions(
+        primary_id: SessionId, secondary_id: SessionId, ctx: Ctx
+    ) -> Session:
         """Merge the secondary session into the primary (both of one user).
 
         Interactions are interleaved by time, topics united, contexts deep-merged (the
         primary wins conflicts). The secondary id then resolves to the primary.
         """
-        return await manager.merge_sessions(primary_id, secondary_id)
+        return await manager.merge_sessions(primary_id, secondary_id, user_id=who(ctx).user_id)
 
     @mcp.tool(annotations=destroys)
-    async def delete_session(session_id: SessionId) -> Deleted:
+    async def delete_session(session_id: SessionId, ctx: Ctx) -> Deleted:
         """Delete a session and its history for good."""
-        await manager.delete_session(session_id)
+        await manager.delete_session(session_id, user_id=who(ctx).user_id)
         return Deleted(session_id=session_id)
 
     @mcp.tool(annotations=ToolAnnotations(idempotent_hint=True, open_world_hint=False))
-    async def cleanup_sessions() -> Cleanup:
+    async def cleanup_sessions(ctx: Ctx) -> Cleanup:
         """Remove expired sessions from the indexes (Redis has already expired their data)."""
+        who(ctx).admin_only("cleanup_sessions")
         return Cleanup(removed=await manager.cleanup_expired_sessions())
 
     return mcp
-
-
-class BearerAuth:
-    """ASGI middleware that refuses requests without ``Authorization: Bearer <token>``."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        if not token:
-            raise ConfigError("REDSESSION_MCP_TOKEN is empty: set a token or unset it")
-        self.app = app
-        self._token = token.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and not self._authorized(scope):
-            if scope["type"] == "http":
-                refusal = JSONResponse(
-                    {"error": "unauthorized", "error_description": "a bearer token is required"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": 'Bearer realm="redsession"'},
-                )
-                await refusal(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-    def _authorized(self, scope: Scope) -> bool:
-        given = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                given = value
-                break
-        scheme, _, credentials = given.partition(b" ")
-        # The scheme is case-insensitive (RFC 9110); compare_digest leaves no timing oracle.
-        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token)
 
 
 def run_mcp(
@@ -309,13 +300,11 @@ def run_mcp(
     """
     if transport not in ("stdio", "http"):
         raise ConfigError(f"unknown MCP transport {transport!r}: use stdio or http")
-    token = settings.mcp_token.get_secret_value() if settings.mcp_token is not None else None
-    if token is not None and not token:
-        raise ConfigError("REDSESSION_MCP_TOKEN is empty: set a token or unset it")
+    tokens = TokenTable.from_settings(settings)  # a bad token setting fails before serving
     client = async_client(settings.redis_url, settings)
     try:
         anyio.run(
-            _serve, AsyncSessionManager(client, settings), settings, transport, host, port, token
+            _serve, AsyncSessionManager(client, settings), settings, transport, host, port, tokens
         )
     except KeyboardInterrupt:  # Ctrl-C is how a terminal user stops a stdio server
         logger.info("MCP server interrupted")
@@ -327,7 +316,7 @@ async def _serve(
     transport: Literal["stdio", "http"],
     host: str | None,
     port: int | None,
-    token: str | None,
+    tokens: TokenTable | None,
 ) -> None:
     server = build_server(manager, settings)
     try:
@@ -339,22 +328,22 @@ async def _serve(
                 settings,
                 settings.mcp_host if host is None else host,
                 settings.mcp_port if port is None else port,
-                token,
+                tokens,
             )
     finally:
         await manager.close()
 
 
 async def _serve_http(
-    server: RedsessionMCP, settings: Settings, host: str, port: int, token: str | None
+    server: RedsessionMCP, settings: Settings, host: str, port: int, tokens: TokenTable | None
 ) -> None:
     import uvicorn  # only HTTP needs it; stdio servers start faster without
 
     app: ASGIApp = server.streamable_http_app(
         streamable_http_path=HTTP_PATH, host=host, max_request_body_size=_max_body(settings)
     )
-    if token is not None:
-        app = BearerAuth(app, token)
+    if tokens is not None:
+        app = BearerAuth(app, tokens)
     elif host not in LOOPBACK:
         logger.warning("MCP server on %s without REDSESSION_MCP_TOKEN: anyone can connect", host)
     logger.info("MCP server on http://%s:%d%s", host, port, HTTP_PATH)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx2
+import orjson
 import pytest
 import redis
 from mcp import ClientSession
@@ -25,7 +26,8 @@ from mcp_types import CallToolResult, TextContent
 
 from redsession import ConfigError, SessionManager, Settings
 from redsession.embedded import RedisServer
-from redsession.mcp_server import BearerAuth, run_mcp
+from redsession.mcp_auth import TokenTable
+from redsession.mcp_server import run_mcp
 from redsession.models import utcnow
 from tests.conftest import ServerFactory
 
@@ -649,9 +651,80 @@ def test_an_empty_token_is_refused_before_serving() -> None:
     with pytest.raises(ConfigError, match="empty"):
         run_mcp(Settings(redis_url="redis://127.0.0.1:1", mcp_token=""), "http")
     with pytest.raises(ConfigError, match="empty"):
-        BearerAuth(lambda scope, receive, send: None, "")  # type: ignore[arg-type,return-value]
+        TokenTable.from_settings(Settings(mcp_token=""))
 
 
 def test_an_unknown_transport_is_refused() -> None:
     with pytest.raises(ConfigError, match="transport"):
         run_mcp(Settings(redis_url="redis://127.0.0.1:1"), "pigeon")  # type: ignore[arg-type]
+
+
+# -- per-user tokens ------------------------------------------------------------------------
+
+ALICE_TOKEN, BOB_TOKEN, ADMIN_FILE_TOKEN = "alice-token-0123456789", "bob-token-0123456789", (
+    "admin-token-0123456789"
+)
+
+
+@pytest.fixture(scope="module")
+def users_url(
+    http_server_factory: Callable[..., HttpServer], tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    tokens = tmp_path_factory.mktemp("tokens") / "tokens.json"
+    tokens.write_bytes(
+        orjson.dumps({ALICE_TOKEN: "alice", BOB_TOKEN: "bob", ADMIN_FILE_TOKEN: "*"})
+    )
+    env = {"REDSESSION_MCP_TOKEN": TOKEN, "REDSESSION_MCP_TOKENS_FILE": str(tokens)}
+    return http_server_factory(**env).url
+
+
+async def test_a_user_token_sees_and_changes_only_its_users_sessions(
+    users_url: str, redis_url: str
+) -> None:
+    async with http_mcp(users_url, token=ALICE_TOKEN) as alice:
+        mine = await start(alice, "alice")
+        assert "another user" in await fails(alice, "start_session", {"user_id": "bob"})
+        async with http_mcp(users_url, token=BOB_TOKEN) as bob:
+            theirs = await start(bob, "bob")
+            await ok(bob, "log_interaction", {"session_id": theirs, "user_message": "private"})
+            listed = await ok(bob, "list_sessions", {})
+            assert [s["session_id"] for s in listed["sessions"]] == [theirs]
+        not_found = await fails(alice, "get_session_context", {"session_id": "no-such-session"})
+        for tool, args in [
+            ("get_session_context", {"session_id": theirs}),
+            ("export_session", {"session_id": theirs}),
+            ("log_interaction", {"session_id": theirs, "user_message": "x"}),
+            ("update_session_context", {"session_id": theirs, "patch": {"a": 1}}),
+            ("delete_session", {"session_id": theirs}),
+            ("merge_sessions", {"primary_id": mine, "secondary_id": theirs}),
+        ]:
+            message = await fails(alice, tool, args)
+            # Someone else's session reads exactly like a missing one.
+            assert message.split(": ", 1)[1].replace(theirs, "X") == (
+                not_found.split(": ", 1)[1].replace("no-such-session", "X")
+            ), message
+        for tool, args in [
+            ("resume_session", {"session_id": theirs, "user_id": "bob"}),
+            ("set_user_preferences", {"user_id": "bob", "preferences": {"x": 1}}),
+            ("list_sessions", {"user_id": "bob"}),
+            ("cleanup_sessions", {}),
+            ("import_session", {"document": {}}),
+        ]:
+            await fails(alice, tool, args)
+        listed = await ok(alice, "list_sessions", {})
+        assert [s["session_id"] for s in listed["sessions"]] == [mine]
+    for admin_token in (TOKEN, ADMIN_FILE_TOKEN):
+        async with http_mcp(users_url, token=admin_token) as admin:
+            got = await ok(admin, "get_session_context", {"session_id": theirs})
+            assert got["history"][0]["user_message"] == "private"
+            await ok(admin, "cleanup_sessions", {})
+
+
+def test_a_bad_tokens_file_is_a_config_error(tmp_path: Path) -> None:
+    for content in (b"[]", b"not json", b'{"short": "alice"}', b'{"long-enough-token-1": "a b"}'):
+        f = tmp_path / "tokens.json"
+        f.write_bytes(content)
+        with pytest.raises(ConfigError):
+            TokenTable.from_settings(Settings(mcp_tokens_file=f))
+    with pytest.raises(ConfigError):
+        TokenTable.from_settings(Settings(mcp_tokens_file=tmp_path / "missing.json"))
