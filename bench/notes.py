@@ -58,10 +58,10 @@ CPU per operation: both variants interleaved in one process, minimum over 150-30
 | decode a history in one pydantic call (`TypeAdapter(list[Interaction])` over the joined records) instead of one call per record | decoding 20 records | 70.3 µs | 61.4 µs |
 | — same | resume, client CPU without I/O | 96.5 µs | 88.1 µs |
 | compute each Lua script's SHA once (`Script.sha` hashed the 2.9 KB source on every call) | log_interaction, client CPU with I/O (raw limit in the same runs: 59.9 / 59.6 µs) | 107.4 µs (raw/ours 0.56) | 95.2 µs (raw/ours 0.63) |
-| list_active_sessions in one round trip on a single server (ZREVRANGE + HMGETs in one script; a cluster keeps the two steps) | throughput x raw limit, asyncio 64 / 4 processes | 0.31 / 0.25 | 0.54 / 0.66 |
+| list_active_sessions in one round trip on a single server (ZREVRANGE + HMGETs in one script; a cluster keeps the two steps) | throughput x raw limit, sync / asyncio 64 / 4 processes | 0.32 / 0.31 / 0.25 | 0.53 / 0.64 / 0.49 |
 
-The list row compares two runs (each ratio within its own run); see the tables above for
-this run's figures.
+The list row compares two full runs, 13 minutes apart (each ratio within its own run); the
+tables above are a later run's.
 
 Measured and not done:
 
