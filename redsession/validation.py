@@ -22,8 +22,14 @@ _REPR.maxstring = _REPR.maxother = 60
 
 
 def new_session_id() -> str:
-    """128 random bits from the OS CSPRNG, URL-safe (22 characters)."""
-    return secrets.token_urlsafe(16)
+    """128 random bits from the OS CSPRNG, URL-safe (22 characters).
+
+    Never starting with "-": such an id would read as an option on every command line.
+    """
+    while True:
+        sid = secrets.token_urlsafe(16)
+        if sid[0] != "-":
+            return sid
 
 
 def new_interaction_id() -> str:
