@@ -1,7 +1,7 @@
 """SessionManager and AsyncSessionManager: the public API, one thin method per operation.
 
 Both run the same operations from core.SessionCore; they differ only in how the Redis
-commands are executed (store.SyncDriver or store.AsyncDriver).
+commands are executed (drivers.SyncDriver or drivers.AsyncDriver).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import redis.asyncio
 from redsession.config import Settings
 from redsession.connection import async_client, sync_client
 from redsession.core import SessionCore
+from redsession.drivers import AsyncDriver, SyncDriver
 from redsession.keys import Keys
 from redsession.models import (
     Interaction,
@@ -28,7 +29,7 @@ from redsession.models import (
     utcnow,
 )
 from redsession.repair import RepairReport, repair_op
-from redsession.store import AsyncDriver, Op, Store, SyncDriver
+from redsession.store import Op, Store
 
 T = TypeVar("T")
 CLEANUP_BATCH = 1000

@@ -1,23 +1,16 @@
 """All Redis access: each operation is a generator that yields commands and parses replies.
 
-The generators do no I/O themselves ("sans-IO"): SyncDriver and AsyncDriver execute what
-they yield, so the sync and async managers share every line of logic. This is the only
-module that speaks Redis commands (the worker's lock and the server launcher aside).
+The generators do no I/O themselves ("sans-IO"): drivers.SyncDriver and AsyncDriver execute
+what they yield, so the sync and async managers share every line of logic. This module and
+drivers.py are the only ones that speak Redis commands (the worker's lock and the server
+launcher aside).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Generator, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-
-import redis
-import redis.asyncio
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from redsession import scripts
 from redsession.codec import Reply, flat_to_dict, text
@@ -27,8 +20,6 @@ from redsession.errors import (
     SessionExists,
     SessionMerged,
     SessionNotFound,
-    StorageError,
-    StorageUnavailable,
 )
 from redsession.keys import Keys, expiry_member, split_expiry_member
 
@@ -475,133 +466,3 @@ def _used_memory(info: Reply) -> int:
         if line.startswith("used_memory:"):
             return int(line.partition(":")[2])
     return 0
-
-
-# -- drivers: the only place that does the I/O -------------------------------------------
-
-
-@contextmanager
-def _storage_errors() -> Iterator[None]:
-    try:
-        yield
-    except (RedisConnectionError, RedisTimeoutError) as e:
-        raise StorageUnavailable(f"Redis is unavailable: {e}") from e
-    except RedisError as e:
-        raise StorageError(f"Redis refused the command: {e}") from e
-
-
-@functools.cache
-def _sha(script: scripts.Script) -> str:
-    # Script.sha hashes the whole source (~5 µs) on every call; scripts never change.
-    return script.sha
-
-
-def _evalsha_args(cmd: Eval) -> tuple[Arg, ...]:
-    return (_sha(cmd.script), len(cmd.keys), *cmd.keys, *cmd.args)
-
-
-class SyncDriver:
-    """Runs store operations on a redis-py client (standalone or cluster)."""
-
-    def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
-        self.client = client
-
-    def run(self, op: Op[T]) -> T:
-        with _storage_errors():
-            try:
-                cmd = next(op)
-                while True:
-                    cmd = op.send(self._execute(cmd))
-            except StopIteration as stop:
-                result: T = stop.value
-                return result
-
-    def _execute(self, cmd: Cmd) -> Reply:
-        if isinstance(cmd, Scan):
-            return self._scan(cmd)
-        if isinstance(cmd, Eval):
-            try:
-                return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
-            except NoScriptError:
-                # On a cluster SCRIPT LOAD goes to every primary; NOSCRIPT comes back
-                # after a failover or a SCRIPT FLUSH, as scripts are cached per node.
-                self.client.script_load(cmd.script.source)
-                return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
-        if len(cmd.commands) == 1:
-            return [self.client.execute_command(*cmd.commands[0])]  # type: ignore[no-untyped-call]
-        pipe = self.client.pipeline(transaction=False)
-        for c in cmd.commands:
-            pipe.execute_command(*c)
-        return pipe.execute()
-
-    def _scan(self, cmd: Scan) -> Reply:
-        kw: dict[str, Any] = {"match": cmd.match, "count": cmd.count, "_type": cmd.type}
-        if not isinstance(self.client, redis.RedisCluster):
-            cur, keys = self.client.scan(cmd.cursor or 0, **kw)
-            return cur or None, keys
-        # redis-py types scan() for one server; on a cluster cursors come per node.
-        reply: Any
-        if cmd.cursor is None:
-            reply = self.client.scan(**kw)  # cursor 0 on every primary at once
-            cursors, keys = reply
-        else:
-            name, cur = next(iter(cmd.cursor.items()))
-            node = self.client.get_node(node_name=name)  # type: ignore[no-untyped-call]
-            reply = self.client.scan(cur, target_nodes=node, **kw)
-            cursors, keys = {**cmd.cursor, **reply[0]}, reply[1]
-        return _next_cursors(cursors), keys
-
-
-class AsyncDriver:
-    """Runs store operations on a redis.asyncio client; never blocks the event loop."""
-
-    def __init__(self, client: redis.asyncio.Redis | redis.asyncio.RedisCluster) -> None:
-        self.client = client
-
-    async def run(self, op: Op[T]) -> T:
-        with _storage_errors():
-            try:
-                cmd = next(op)
-                while True:
-                    cmd = op.send(await self._execute(cmd))
-            except StopIteration as stop:
-                result: T = stop.value
-                return result
-
-    async def _execute(self, cmd: Cmd) -> Reply:
-        if isinstance(cmd, Scan):
-            return await self._scan(cmd)
-        if isinstance(cmd, Eval):
-            try:
-                return await self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
-            except NoScriptError:
-                await self.client.script_load(cmd.script.source)
-                return await self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
-        if len(cmd.commands) == 1:
-            return [await self.client.execute_command(*cmd.commands[0])]
-        pipe = self.client.pipeline(transaction=False)
-        for c in cmd.commands:
-            pipe.execute_command(*c)
-        return await pipe.execute()
-
-    async def _scan(self, cmd: Scan) -> Reply:
-        kw: dict[str, Any] = {"match": cmd.match, "count": cmd.count, "_type": cmd.type}
-        if not isinstance(self.client, redis.asyncio.RedisCluster):
-            cur, keys = await self.client.scan(cmd.cursor or 0, **kw)
-            return cur or None, keys
-        # redis-py types scan() for one server; on a cluster cursors come per node.
-        reply: Any
-        if cmd.cursor is None:
-            reply = await self.client.scan(**kw)  # cursor 0 on every primary at once
-            cursors, keys = reply
-        else:
-            name, cur = next(iter(cmd.cursor.items()))
-            node = self.client.get_node(node_name=name)
-            reply = await self.client.scan(cur, target_nodes=node, **kw)
-            cursors, keys = {**cmd.cursor, **reply[0]}, reply[1]
-        return _next_cursors(cursors), keys
-
-
-def _next_cursors(cursors: dict[str, int]) -> dict[str, int] | None:
-    left = {name: int(c) for name, c in cursors.items() if int(c)}
-    return left or None

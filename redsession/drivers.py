@@ -1,0 +1,150 @@
+"""The drivers: the only code that does Redis I/O for the store's operations.
+
+A store operation is a generator of commands (store.Eval, store.Batch, store.Scan); a driver
+runs it to completion on a redis-py client, sync or asyncio, standalone or cluster.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from redsession import scripts
+from redsession.codec import Reply
+from redsession.errors import StorageError, StorageUnavailable
+from redsession.store import Arg, Cmd, Eval, Op, Scan, T
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as e:
+        raise StorageUnavailable(f"Redis is unavailable: {e}") from e
+    except RedisError as e:
+        raise StorageError(f"Redis refused the command: {e}") from e
+
+
+@functools.cache
+def _sha(script: scripts.Script) -> str:
+    # Script.sha hashes the whole source (~5 µs) on every call; scripts never change.
+    return script.sha
+
+
+def _evalsha_args(cmd: Eval) -> tuple[Arg, ...]:
+    return (_sha(cmd.script), len(cmd.keys), *cmd.keys, *cmd.args)
+
+
+class SyncDriver:
+    """Runs store operations on a redis-py client (standalone or cluster)."""
+
+    def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
+        self.client = client
+
+    def run(self, op: Op[T]) -> T:
+        with _storage_errors():
+            try:
+                cmd = next(op)
+                while True:
+                    cmd = op.send(self._execute(cmd))
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+
+    def _execute(self, cmd: Cmd) -> Reply:
+        if isinstance(cmd, Scan):
+            return self._scan(cmd)
+        if isinstance(cmd, Eval):
+            try:
+                return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+            except NoScriptError:
+                # On a cluster SCRIPT LOAD goes to every primary; NOSCRIPT comes back
+                # after a failover or a SCRIPT FLUSH, as scripts are cached per node.
+                self.client.script_load(cmd.script.source)
+                return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+        if len(cmd.commands) == 1:
+            return [self.client.execute_command(*cmd.commands[0])]  # type: ignore[no-untyped-call]
+        pipe = self.client.pipeline(transaction=False)
+        for c in cmd.commands:
+            pipe.execute_command(*c)
+        return pipe.execute()
+
+    def _scan(self, cmd: Scan) -> Reply:
+        kw: dict[str, Any] = {"match": cmd.match, "count": cmd.count, "_type": cmd.type}
+        if not isinstance(self.client, redis.RedisCluster):
+            cur, keys = self.client.scan(cmd.cursor or 0, **kw)
+            return cur or None, keys
+        # redis-py types scan() for one server; on a cluster cursors come per node.
+        reply: Any
+        if cmd.cursor is None:
+            reply = self.client.scan(**kw)  # cursor 0 on every primary at once
+            cursors, keys = reply
+        else:
+            name, cur = next(iter(cmd.cursor.items()))
+            node = self.client.get_node(node_name=name)  # type: ignore[no-untyped-call]
+            reply = self.client.scan(cur, target_nodes=node, **kw)
+            cursors, keys = {**cmd.cursor, **reply[0]}, reply[1]
+        return _next_cursors(cursors), keys
+
+
+class AsyncDriver:
+    """Runs store operations on a redis.asyncio client; never blocks the event loop."""
+
+    def __init__(self, client: redis.asyncio.Redis | redis.asyncio.RedisCluster) -> None:
+        self.client = client
+
+    async def run(self, op: Op[T]) -> T:
+        with _storage_errors():
+            try:
+                cmd = next(op)
+                while True:
+                    cmd = op.send(await self._execute(cmd))
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+
+    async def _execute(self, cmd: Cmd) -> Reply:
+        if isinstance(cmd, Scan):
+            return await self._scan(cmd)
+        if isinstance(cmd, Eval):
+            try:
+                return await self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+            except NoScriptError:
+                await self.client.script_load(cmd.script.source)
+                return await self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+        if len(cmd.commands) == 1:
+            return [await self.client.execute_command(*cmd.commands[0])]
+        pipe = self.client.pipeline(transaction=False)
+        for c in cmd.commands:
+            pipe.execute_command(*c)
+        return await pipe.execute()
+
+    async def _scan(self, cmd: Scan) -> Reply:
+        kw: dict[str, Any] = {"match": cmd.match, "count": cmd.count, "_type": cmd.type}
+        if not isinstance(self.client, redis.asyncio.RedisCluster):
+            cur, keys = await self.client.scan(cmd.cursor or 0, **kw)
+            return cur or None, keys
+        # redis-py types scan() for one server; on a cluster cursors come per node.
+        reply: Any
+        if cmd.cursor is None:
+            reply = await self.client.scan(**kw)  # cursor 0 on every primary at once
+            cursors, keys = reply
+        else:
+            name, cur = next(iter(cmd.cursor.items()))
+            node = self.client.get_node(node_name=name)
+            reply = await self.client.scan(cur, target_nodes=node, **kw)
+            cursors, keys = {**cmd.cursor, **reply[0]}, reply[1]
+        return _next_cursors(cursors), keys
+
+
+def _next_cursors(cursors: dict[str, int]) -> dict[str, int] | None:
+    left = {name: int(c) for name, c in cursors.items() if int(c)}
+    return left or None
