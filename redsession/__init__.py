@@ -1,4 +1,4 @@
-"""redsession: a Redis-backed, distributed session store for conversational assistants."""
+"""redsession, a Redis-backed, distributed session store for conversational assistants."""
 
 from redsession.config import Settings
 from redsession.errors import (
