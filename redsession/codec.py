@@ -31,19 +31,26 @@ def loads(data: bytes | str, what: str) -> Any:
         raise CorruptData(f"{what} in Redis is not valid JSON: {e}") from e
 
 
-def encode_interaction(i: Interaction, cipher: Cipher) -> bytes:
-    """The stored record: the interaction as JSON, sealed when encryption is on."""
-    return cipher.seal(_interaction_json(i))
+def encode_interaction(
+    i: Interaction, cipher: Cipher, metadata_json: bytes | None = None
+) -> bytes:
+    """The stored record: the interaction as JSON, sealed when encryption is on.
+
+    ``metadata_json``, when the caller already encoded the metadata (to check its size),
+    is spliced in as is rather than encoded a second time.
+    """
+    return cipher.seal(_interaction_json(i, metadata_json))
 
 
-def _interaction_json(i: Interaction) -> bytes:
+def _interaction_json(i: Interaction, metadata_json: bytes | None) -> bytes:
+    metadata = i.metadata if metadata_json is None else orjson.Fragment(metadata_json)
     return orjson.dumps(
         {
             "id": i.id,
             "timestamp": i.timestamp,
             "user_message": i.user_message,
             "assistant_response": i.assistant_response,
-            "metadata": i.metadata,
+            "metadata": metadata,
             "topics": i.topics,
         },
         option=orjson.OPT_UTC_Z,

@@ -160,7 +160,7 @@ class SessionCore:
         if assistant_response is not None:
             check.text(assistant_response, "assistant_response", s.max_message_bytes)
         meta = {} if metadata is None else metadata
-        self._json(meta, "metadata")
+        meta_json = self._json(meta, "metadata")
         tops = check.topics(topics, s.max_topics)
         t = self.stamp()
         interaction = Interaction.model_construct(
@@ -168,7 +168,7 @@ class SessionCore:
             assistant_response=assistant_response, metadata=dict(meta), topics=tops,
         )  # fmt: skip
         try:
-            record = encode_interaction(interaction, self.cipher)
+            record = encode_interaction(interaction, self.cipher, meta_json)
         except TypeError as e:  # a lone surrogate in a message
             raise InvalidInput(f"interaction is not valid Unicode: {e}") from e
         status, _ = yield from self.store.log(sid, owner, record, tops, s.max_topics, t)
