@@ -74,6 +74,20 @@ def _client(port: int) -> redis.Redis:
     return redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2)
 
 
+def _streaming(port: int, probe: str, replicas: int) -> bool:
+    """Whether the primary on ``port`` has ``replicas`` replicas that acknowledge its writes.
+
+    A linked replica is not enough: after a diskless sync (the default), the primary streams
+    nothing to the replica until its first REPLCONF ACK, up to a second later, and a primary
+    killed in that second takes every write since the sync with it. ``probe`` is a key the
+    primary owns; it is written, deleted, and WAITed for.
+    """
+    with _client(port) as c:
+        c.set(probe, 1)
+        c.delete(probe)
+        return int(c.wait(replicas, 200)) >= replicas
+
+
 class Cluster:
     """A Redis Cluster of ``masters`` primaries with ``replicas`` replicas each."""
 
@@ -127,6 +141,7 @@ class Cluster:
         else:
             self._create_by_hand()
         _wait("cluster", self._consistent)
+        _wait("replication", self._replicas_streaming)
 
     def _create_by_hand(self) -> None:
         """CLUSTER ADDSLOTSRANGE / MEET / REPLICATE, for hosts without redis-cli."""
@@ -167,6 +182,17 @@ class Cluster:
                 # A replica that has not synced yet cannot take over: wait for the link.
                 repl = c.info("replication")
                 if repl["role"] == "slave" and repl["master_link_status"] != "up":
+                    return False
+        return True
+
+    def _replicas_streaming(self) -> bool:
+        with self.client() as c:
+            for node in c.get_primaries():
+                probe = next(
+                    k for k in (f"topology-probe-{i}" for i in range(100_000))
+                    if c.get_node_from_key(k).port == node.port
+                )  # fmt: skip
+                if not _streaming(node.port, probe, self.replicas):
                     return False
         return True
 
@@ -266,7 +292,7 @@ class SentinelSetup:
                 extra_args=("--replicaof", "127.0.0.1", str(m_port)),
             )  # fmt: skip
             self.replica.start()
-            _wait("replication", lambda: self._linked(r_port))
+            _wait("replication", lambda: _streaming(m_port, "topology-probe", 1))
             binary = str(find_server_binary())
             for i, port in enumerate(s_ports):
                 folder = self.base / f"sentinel-{i}"
@@ -296,10 +322,6 @@ class SentinelSetup:
         except BaseException:
             self.stop()
             raise
-
-    def _linked(self, port: int) -> bool:
-        with _client(port) as c:
-            return bool(c.info("replication")["master_link_status"] == "up")
 
     def _sentinels_agree(self) -> bool:
         for port in self.sentinel_ports:
