@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Annotated, Any, cast
 
+import msgspec
 import orjson
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from redsession.crypto import Cipher
 from redsession.errors import CorruptData
-from redsession.models import Interaction, Session, SessionRecord, from_us, to_us
+from redsession.models import (
+    Interaction,
+    Session,
+    SessionRecord,
+    SessionSummary,
+    from_us,
+    to_us,
+    trusted,
+)
 
 Reply = Any  # what redis-py hands back: bytes, str, int, lists of those
 
@@ -21,6 +31,8 @@ def text(value: bytes | str) -> str:
 
 def flat_to_dict(flat: Sequence[bytes | str]) -> dict[str, str]:
     it = iter(flat)
+    if flat and type(flat[0]) is bytes:  # what our clients return (decode_responses off)
+        return {k.decode(): v.decode() for k, v in zip(it, it)}  # type: ignore[union-attr]
     return {text(k): text(v) for k, v in zip(it, it)}
 
 
@@ -57,37 +69,93 @@ def _interaction_json(i: Interaction, metadata_json: bytes | None) -> bytes:
     )
 
 
-_INTERACTIONS = TypeAdapter(list[Interaction])
+# -- reading back what the store wrote -----------------------------------------------------
+#
+# Reads return the models without a second pydantic validation (resume's main cost): stored
+# records are validated against _StoredInteraction by msgspec, in C, at the cost of a plain
+# JSON parse, and the models are built from the result. A record that does not pass (another
+# shape, a non-UTC zone, or corruption) takes the full pydantic path, which normalises it or
+# says what is wrong (CorruptData).
+
+_UTC = timezone.utc
+_SESSION_KEYS = tuple(Session.model_fields)
 
 
-def decode_interactions(raw: Iterable[bytes | str], cipher: Cipher) -> list[Interaction]:
-    records = [cipher.open(r, "an interaction") for r in raw]
+class _StoredInteraction(msgspec.Struct, forbid_unknown_fields=True):
+    """models.Interaction's fields and constraints, as msgspec types (a test holds the two to
+    accepting the same records with the same result)."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    timestamp: Annotated[datetime, msgspec.Meta(tz=True)]
+    user_message: str
+    assistant_response: str | None = None
+    metadata: dict[str, Any] = {}
+    topics: list[str] = []
+
+
+_RECORDS = msgspec.json.Decoder(list[_StoredInteraction])
+_asdict = msgspec.structs.asdict
+
+
+def decode_interactions(raw: Sequence[bytes | str], cipher: Cipher) -> list[Interaction]:
+    if cipher.enabled or (raw and type(raw[0]) is not bytes):
+        # open() decrypts, and turns the str of a decode_responses client into bytes.
+        records = [cipher.open(r, "an interaction") for r in raw]
+    else:
+        # Records as stored: a token among them fails the parse and takes the careful
+        # path, which says that a key is missing.
+        records = cast("list[bytes]", raw)
     try:
-        # One pydantic call for the whole list costs ~15% less than one per record (resume's
-        # main client-side cost); the count check catches a record that is not one object.
-        items = _INTERACTIONS.validate_json(b"[" + b",".join(records) + b"]")
-        if len(items) == len(records):
+        stored = _RECORDS.decode(b"[" + b",".join(records) + b"]")
+    except msgspec.DecodeError:  # also msgspec.ValidationError
+        stored = None
+    if stored is not None and len(stored) == len(records):
+        items = [trusted(Interaction, _asdict(s)) for s in stored]
+        if all(i.timestamp.tzinfo is _UTC for i in items):
             return items
-        return [Interaction.model_validate_json(r) for r in records]
+    return _validate_interactions(raw, cipher)
+
+
+def _validate_interactions(raw: Sequence[bytes | str], cipher: Cipher) -> list[Interaction]:
+    try:
+        return [Interaction.model_validate_json(cipher.open(r, "an interaction")) for r in raw]
     except ValidationError as e:
         raise CorruptData(f"an interaction record in Redis is malformed: {e}") from e
 
 
-def record_from_hash(sid: str, h: dict[str, str], cipher: Cipher) -> SessionRecord:
+def _record_values(sid: str, h: dict[str, str], cipher: Cipher) -> dict[str, Any]:
+    """A SessionRecord's fields, in its field order, from a session hash."""
     try:
-        return SessionRecord(
-            session_id=sid,
-            user_id=h["user_id"],
-            created_at=from_us(int(h["created_at"])),
-            last_activity=from_us(int(h["last_activity"])),
-            total_interactions=int(h["total_interactions"]),
-            context=loads(cipher.open(h["context"], "a context"), "context"),
-            topics=loads(h["topics"], "topics"),
-            version=int(h["version"]),
-            merged_from=loads(h["merged_from"], "merged_from"),
-        )
-    except (KeyError, ValueError) as e:
+        values = {
+            "session_id": sid,
+            "user_id": h["user_id"],
+            "created_at": from_us(int(h["created_at"])),
+            "last_activity": from_us(int(h["last_activity"])),
+            "total_interactions": int(h["total_interactions"]),
+            "context": loads(cipher.open(h["context"], "a context"), "context"),
+            "topics": loads(h["topics"], "topics"),
+            "version": int(h["version"]),
+            "merged_from": loads(h["merged_from"], "merged_from"),
+        }
+    except (KeyError, ValueError, OverflowError) as e:
         raise CorruptData(f"session {sid!r} in Redis is malformed: {e}") from e
+    except CorruptData as e:  # a JSON field that does not parse
+        raise CorruptData(f"session {sid!r}: {e}") from e
+    if (
+        type(values["context"]) is not dict
+        or not _str_list(values["topics"])
+        or not _str_list(values["merged_from"])
+    ):
+        raise CorruptData(f"session {sid!r} in Redis is malformed: a JSON field has the wrong type")
+    return values
+
+
+def _str_list(value: object) -> bool:
+    return type(value) is list and all(type(v) is str for v in value)
+
+
+def record_from_hash(sid: str, h: dict[str, str], cipher: Cipher) -> SessionRecord:
+    return trusted(SessionRecord, _record_values(sid, h, cipher))
 
 
 def expires_from_hash(sid: str, h: dict[str, str]) -> int:
@@ -100,12 +168,25 @@ def expires_from_hash(sid: str, h: dict[str, str]) -> int:
 def session_from_hash(
     sid: str, h: dict[str, str], history: list[Interaction], cipher: Cipher
 ) -> Session:
-    rec = record_from_hash(sid, h, cipher)
-    return Session(
-        **rec.model_dump(),
-        expires_at=from_us(expires_from_hash(sid, h)),
-        history=history,
-    )
+    values = _record_values(sid, h, cipher)
+    values["expires_at"] = from_us(expires_from_hash(sid, h))
+    values["history"] = history
+    return trusted(Session, {k: values[k] for k in _SESSION_KEYS})  # field order: JSON's order
+
+
+def summary_from_row(sid: str, row: dict[str, str]) -> SessionSummary:
+    """A listing's row: the SUMMARY_FIELDS of a session hash."""
+    try:
+        return trusted(SessionSummary, {
+            "session_id": sid,
+            "user_id": row["user_id"],
+            "total_interactions": int(row["total_interactions"]),
+            "created_at": from_us(int(row["created_at"])),
+            "last_activity": from_us(int(row["last_activity"])),
+            "expires_at": from_us(int(row["expires_at"])),
+        })  # fmt: skip
+    except (KeyError, ValueError, OverflowError) as e:
+        raise CorruptData(f"session {sid!r} in Redis is malformed: {e}") from e
 
 
 def hash_fields(rec: SessionRecord, expires_at_us: int, cipher: Cipher) -> list[str | bytes]:

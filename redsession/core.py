@@ -22,6 +22,7 @@ from redsession.codec import (
     loads,
     record_from_hash,
     session_from_hash,
+    summary_from_row,
 )
 from redsession.config import Settings
 from redsession.crypto import Cipher
@@ -39,10 +40,10 @@ from redsession.models import (
     Session,
     SessionExport,
     SessionPage,
-    SessionSummary,
     StoreStats,
     from_us,
     to_us,
+    trusted,
     utcnow,
 )
 from redsession.store import Op, Stamp, Store
@@ -163,10 +164,11 @@ class SessionCore:
         meta_json = self._json(meta, "metadata")
         tops = check.topics(topics, s.max_topics)
         t = self.stamp()
-        interaction = Interaction.model_construct(
-            id=check.new_interaction_id(), timestamp=from_us(t.now), user_message=user_message,
-            assistant_response=assistant_response, metadata=dict(meta), topics=tops,
-        )  # fmt: skip
+        interaction = trusted(Interaction, {  # every field checked above
+            "id": check.new_interaction_id(), "timestamp": from_us(t.now),
+            "user_message": user_message, "assistant_response": assistant_response,
+            "metadata": dict(meta), "topics": tops,
+        })  # fmt: skip
         try:
             record = encode_interaction(interaction, self.cipher, meta_json)
         except TypeError as e:  # a lone surrogate in a message
@@ -227,18 +229,7 @@ class SessionCore:
                 raise InvalidInput(f"invalid cursor {check.show(cursor)}: pass back a next_cursor")
             offset = int(cursor)
         ids, rows = yield from self.store.page_summaries(uid, offset, limit)
-        items = [
-            SessionSummary(
-                session_id=sid,
-                user_id=r["user_id"],
-                total_interactions=int(r["total_interactions"]),
-                created_at=from_us(int(r["created_at"])),
-                last_activity=from_us(int(r["last_activity"])),
-                expires_at=from_us(int(r["expires_at"])),
-            )
-            for sid, r in zip(ids, rows)
-            if r is not None
-        ]
+        items = [summary_from_row(sid, r) for sid, r in zip(ids, rows) if r is not None]
         more = len(ids) == limit
         return SessionPage(sessions=items, next_cursor=str(offset + limit) if more else None)
 

@@ -7,8 +7,6 @@ runs it to completion on a redis-py client, sync or asyncio, standalone or clust
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -23,14 +21,10 @@ from redsession.errors import StorageError, StorageUnavailable
 from redsession.store import Arg, Cmd, Eval, Op, Scan, T
 
 
-@contextmanager
-def _storage_errors() -> Iterator[None]:
-    try:
-        yield
-    except (RedisConnectionError, RedisTimeoutError) as e:
-        raise StorageUnavailable(f"Redis is unavailable: {e}") from e
-    except RedisError as e:
-        raise StorageError(f"Redis refused the command: {e}") from e
+def _storage_error(e: RedisError) -> StorageError:
+    if isinstance(e, (RedisConnectionError, RedisTimeoutError)):
+        return StorageUnavailable(f"Redis is unavailable: {e}")
+    return StorageError(f"Redis refused the command: {e}")
 
 
 @functools.cache
@@ -50,14 +44,15 @@ class SyncDriver:
         self.client = client
 
     def run(self, op: Op[T]) -> T:
-        with _storage_errors():
-            try:
-                cmd = next(op)
-                while True:
-                    cmd = op.send(self._execute(cmd))
-            except StopIteration as stop:
-                result: T = stop.value
-                return result
+        try:
+            cmd = next(op)
+            while True:
+                cmd = op.send(self._execute(cmd))
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        except RedisError as e:
+            raise _storage_error(e) from e
 
     def _execute(self, cmd: Cmd) -> Reply:
         if isinstance(cmd, Scan):
@@ -102,14 +97,15 @@ class AsyncDriver:
         self.client = client
 
     async def run(self, op: Op[T]) -> T:
-        with _storage_errors():
-            try:
-                cmd = next(op)
-                while True:
-                    cmd = op.send(await self._execute(cmd))
-            except StopIteration as stop:
-                result: T = stop.value
-                return result
+        try:
+            cmd = next(op)
+            while True:
+                cmd = op.send(await self._execute(cmd))
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        except RedisError as e:
+            raise _storage_error(e) from e
 
     async def _execute(self, cmd: Cmd) -> Reply:
         if isinstance(cmd, Scan):

@@ -17,6 +17,7 @@ SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # braces (they are Redis Cluster hash tags) or whitespace.
 USER_ID = re.compile(r"[A-Za-z0-9_.@+=:-]{1,256}")
 _SCALARS = (str, int, bool, type(None))
+_PLAIN = frozenset(_SCALARS)  # exactly these types need no further look (most values)
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 60
 
@@ -138,9 +139,10 @@ def _check_tree(root: object, what: str, max_depth: int) -> None:
             for k, v in node.items():
                 if not isinstance(k, str):
                     raise InvalidInput(f"{what} has a non-string key {show(k)}")
-                stack.append((v, depth + 1))
+                if type(v) not in _PLAIN:
+                    stack.append((v, depth + 1))
         elif isinstance(node, (list, tuple)):
-            stack.extend((v, depth + 1) for v in node)
+            stack.extend((v, depth + 1) for v in node if type(v) not in _PLAIN)
         else:
             raise InvalidInput(f"{what} holds a {type(node).__name__}, which is not JSON")
 

@@ -418,6 +418,33 @@ def test_list_active_sessions_newest_first_and_paged(manager: SessionManager) ->
     assert list(manager.iter_session_ids("bob")) == [bob]
 
 
+def test_an_application_client_that_decodes_responses(
+    backend: str, redis_url: str, request: pytest.FixtureRequest
+) -> None:
+    # An application may hand SessionManager its own client, decode_responses=True included.
+    client: redis.Redis | redis.RedisCluster
+    if backend == "cluster":
+        client = request.getfixturevalue("redis_cluster").client(decode_responses=True)
+    else:
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+    with client:
+        m = SessionManager(client)
+        sid = m.create_session("alice", context={"plan": "pro"}).session_id
+        _log(m, sid, "héllo", metadata={"n": 1}, topics=["billing"])
+        s = m.resume_session(sid, "alice")
+        assert [i.user_message for i in s.history] == ["héllo"]
+        assert s.context == {"plan": "pro"}
+        assert s.topics == ["billing"]
+        assert [x.session_id for x in m.list_active_sessions("alice").sessions] == [sid]
+        doc = m.export_session_data(sid)
+        assert doc["interactions"][0]["metadata"] == {"n": 1}
+        _log(m, sid, "after the export")
+        m.import_session_data(doc, overwrite=True)
+        back = m.get_session(sid, history=5)
+        assert back.history == s.history
+        assert back.context == s.context
+
+
 # -- delete, tombstones --------------------------------------------------------------------
 
 
