@@ -47,11 +47,41 @@ The optimisation log (written by hand into bench/notes.py) is at the end of this
 """
 
 OPTIMISATIONS = """
-## Optimisation log (2026-11-24)
+## Optimisation log
 
 Profiled with pyinstrument and cProfile on the hot paths, then measured each change as client
 CPU per operation: both variants interleaved in one process, minimum over 150-300 repetitions
 (the end-to-end tables above move too much with the machine's load to resolve a few µs).
+
+### 2026-11-24, second pass: validate once
+
+"Client CPU without I/O" runs the core's operation on a canned Redis reply: the old commit
+(2ee8f2c) and the new one alternately, three runs each, minimum of 30 x 500 calls per run.
+
+| change | measure | before | after |
+|---|---|---:|---:|
+| reads build the models from records checked by msgspec (`_StoredInteraction`, in C) instead of validating them again with pydantic; Session, SessionRecord and listing rows built directly from the hash (`models.trusted`) | resume, client CPU without I/O (raw limit's Python: 27-31 µs) | 133-193 µs | 76-86 µs |
+| — same | decoding 20 records | 84-98 µs | 45-47 µs |
+| new interactions built with `trusted` instead of `model_construct`; drivers catch Redis errors with try/except instead of a generator context manager; plain JSON scalars skip the validation walk's stack | log_interaction, client CPU without I/O (raw limit's Python: 4-6 µs) | 22.3 µs | 18.0 µs |
+| all of the above | x raw limit, sync / asyncio 64 / 4 processes, one run before (5 rounds) and one after (9 rounds), same machine and hour | resume 0.69 / 0.44 / 0.62; log 0.85 / 0.67 / 0.85 | resume 0.78 / 0.67 / 0.78; log 0.79 / 0.76 / 0.81 |
+
+The log_interaction ratios moved within the noise of this machine (its end-to-end ratios
+drift by 0.1-0.2 from run to run); its client CPU fell by 4 µs. The tables above are from a
+later full run.
+
+Measured and not done:
+
+- Type checks of each record written in Python (exact keys, field types, UTC timestamp)
+  instead of msgspec: 63-86 µs per 20 records, as slow as pydantic's own 65-98 µs.
+  `model_construct` per record: 121-161 µs.
+- pydantic-core validating a TypedDict instead of the model: 36-40 µs per 20 records, then
+  building the models, 64-66 µs in all; msgspec with the models: 42-45 µs.
+- A semaphore in the async driver over an unbounded connection pool, instead of redis-py's
+  BlockingConnectionPool, and a timeout per command instead of the socket timeout: the
+  production client cost 0.90-0.92x of a plain one in the raw limit's loop either way (15
+  interleaved rounds); no gain worth the change.
+
+### 2026-11-24, first pass
 
 | change | measure | before | after |
 |---|---|---:|---:|
@@ -60,38 +90,26 @@ CPU per operation: both variants interleaved in one process, minimum over 150-30
 | compute each Lua script's SHA once (`Script.sha` hashed the 2.9 KB source on every call) | log_interaction, client CPU with I/O (raw limit in the same runs: 59.9 / 59.6 µs) | 107.4 µs (raw/ours 0.56) | 95.2 µs (raw/ours 0.63) |
 | list_active_sessions in one round trip on a single server (ZREVRANGE + HMGETs in one script; a cluster keeps the two steps) | throughput x raw limit, sync / asyncio 64 / 4 processes | 0.32 / 0.31 / 0.25 | 0.53 / 0.64 / 0.49 |
 
-The list row compares two full runs, 13 minutes apart (each ratio within its own run); the
-tables above are a later run's.
-
-Measured and not done:
-
-- A hand-written record decoder (orjson, type checks, `model_construct`) is *slower* than
-  pydantic-core: `model_construct` alone costs 2.7 µs per record against 3.5 µs for the whole
-  pydantic validation, and keeping pydantic's exact results needs a guard against integers
-  beyond 64 bits (orjson reads them as floats), another 7 µs. Pydantic stays.
-- Building `Session` with `model_construct` instead of `Session(**record.model_dump(), ...)`:
-  16.1 µs against 14.4 µs; no gain.
-- Skipping the cipher call per record when encryption is off: 2.7 µs per 20 records.
-- The connection settings (blocking pool, socket timeout, no retries) cost within 2 µs of a
-  plain redis-py client.
 - hiredis pays: compare the `redsession, no hiredis` rows (pure-Python parser) above.
-  orjson already does every JSON encode and decode.
+  orjson does every JSON encode.
 
-Where the rest of the gap to the raw limit is (the targets are missed: see "Targets" above):
+### Where the rest of the gap to the raw limit is
 
-- **resume**: building 20 validated `Interaction` models costs ~60 µs of client CPU, where the
-  raw limit's `orjson.loads` costs ~17 µs. models.py's `_utc` validator is declared on `"*"`,
-  so it runs as a Python call for every field of every model (7 per interaction); declared
-  on the datetime fields only it would save another ~6 µs per resume (52.5 against 58.7 µs
-  per 20 records). Beyond that, 0.85x on resume means not returning validated models (an
-  API change: e.g. decoding the history lazily, or returning plain dicts).
-- **log_interaction** (sync, one client, p50 in one interleaved run: redsession 155 µs, raw
-  115 µs): our session script on the wire, with the raw limit's Python side, costs +7 µs
-  (PRELUDE's closures and checks); validation, id, timestamp, model and encoding cost
-  +12 µs of Python (15 µs against 3 µs); the driver, the production client (blocking pool,
-  socket timeout) and cache effects of the larger code path make up the other ~20 µs.
-  No single part is worth more than a few per cent; together they hold log_interaction at
-  0.6-0.8x of a hand-written script that validates nothing.
-- **export**: a validated `SessionExport` plus `model_dump(mode="json")`, against plain
-  orjson dicts: 0.35-0.45x. **list_active_sessions**: `SessionSummary` models per row.
+- **resume**: the raw limit hands back orjson dicts; redsession builds 21 pydantic models
+  (~0.7 µs each with `trusted`, ~15 µs per resume) plus the checks, and runs the production
+  client (blocking pool, socket timeouts). Without any model at all (the core returning
+  the decoded dicts; an experiment, not shipped) asyncio resume reached 0.79-0.80x; with the
+  models and no checks, 0.70-0.82x. In the asyncio setup the event loop is CPU-bound, so
+  every µs of Python shows, and shows more than in a tight loop (cache effects of the
+  larger code path: the same core costs roughly twice its canned time there).
+- **log_interaction**: validating the caller's input (ids, text sizes, metadata walk and
+  limits, topics), the id and the model cost ~14 µs of client CPU over the raw limit's
+  Python; our session script (owner and tombstone checks, topic limit) runs ~11 µs longer
+  on the server (EVALSHA usec_per_call 78 against 67); our script with the raw limit's
+  Python reached 0.87x sync. No single part is worth more than a few per cent.
+- **export**: a `SessionExport` plus `model_dump(mode="json")`, against plain orjson dicts.
+  **list_active_sessions**: `SessionSummary` models per row.
+- Closing the rest means returning something other than validated models (plain dicts, or a
+  history decoded on access) or not validating callers' input: API decisions, not
+  optimisations.
 """
