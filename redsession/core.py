@@ -34,6 +34,7 @@ from redsession.errors import (
     SessionMerged,
     SessionNotFound,
 )
+from redsession.index_walk import IndexWalk
 from redsession.merge import apply_patch, combine, same_content
 from redsession.models import (
     Interaction,
@@ -233,8 +234,13 @@ class SessionCore:
         more = len(ids) == limit
         return SessionPage(sessions=items, next_cursor=str(offset + limit) if more else None)
 
-    def session_ids(self, user_id: str | None, offset: int, count: int) -> Op[list[str]]:
-        return (yield from self.store.page(self._owner(user_id), offset, count))
+    def session_walk(self, user_id: str | None) -> IndexWalk:
+        uid = self._owner(user_id)
+        keys = self.store.keys
+        return IndexWalk(self.store, keys.sessions if uid is None else keys.user_sessions(uid))
+
+    def user_walk(self) -> IndexWalk:
+        return IndexWalk(self.store, self.store.keys.users)
 
     # -- export, import, merge -----------------------------------------------------------
 

@@ -18,6 +18,7 @@ from redsession.config import Settings
 from redsession.connection import async_client, sync_client
 from redsession.core import SessionCore
 from redsession.drivers import AsyncDriver, SyncDriver
+from redsession.index_walk import IndexWalk
 from redsession.keys import Keys
 from redsession.models import (
     Interaction,
@@ -33,7 +34,6 @@ from redsession.store import Op, Store
 
 T = TypeVar("T")
 CLEANUP_BATCH = 1000
-ITER_PAGE = 500
 
 
 class _Base:
@@ -164,24 +164,20 @@ class SessionManager(_Base):
         return self._driver.run(op)
 
     def iter_user_ids(self) -> Iterator[str]:
-        """Every user with a live session, newest activity first, page by page."""
-        offset = 0
-        while True:
-            ids = self._driver.run(self.core.store.user_page(offset, ITER_PAGE))
-            yield from ids
-            if len(ids) < ITER_PAGE:
-                return
-            offset += ITER_PAGE
+        """Every user with a live session, each once, oldest activity first (see IndexWalk)."""
+        return self._walk(self.core.user_walk())
 
     def iter_session_ids(self, user_id: str | None = None) -> Iterator[str]:
-        """Every session id (of one user, or all), newest activity first, page by page."""
-        offset = 0
-        while True:
-            ids = self._driver.run(self.core.session_ids(user_id, offset, ITER_PAGE))
-            yield from ids
-            if len(ids) < ITER_PAGE:
-                return
-            offset += ITER_PAGE
+        """Every session id (of one user, or all), each once, oldest activity first.
+
+        A session that lives throughout the walk is reached even if it is written meanwhile
+        (see IndexWalk); one created during the walk may or may not be.
+        """
+        return self._walk(self.core.session_walk(user_id))
+
+    def _walk(self, walk: IndexWalk) -> Iterator[str]:
+        while not walk.done:
+            yield from self._driver.run(walk.next_page())
 
     def export_session_data(self, session_id: str, *, user_id: str | None = None) -> dict[str, Any]:
         """The session and its whole history as the versioned export document (JSON-ready)."""
@@ -338,14 +334,10 @@ class AsyncSessionManager(_Base):
         return await self._driver.run(self.core.list_active_sessions(user_id, limit, cursor))
 
     async def iter_session_ids(self, user_id: str | None = None) -> AsyncIterator[str]:
-        offset = 0
-        while True:
-            ids = await self._driver.run(self.core.session_ids(user_id, offset, ITER_PAGE))
-            for sid in ids:
+        walk = self.core.session_walk(user_id)
+        while not walk.done:
+            for sid in await self._driver.run(walk.next_page()):
                 yield sid
-            if len(ids) < ITER_PAGE:
-                return
-            offset += ITER_PAGE
 
     async def export_session_data(
         self, session_id: str, *, user_id: str | None = None

@@ -221,16 +221,28 @@ class Store:
 
     # -- indexes and listings ----------------------------------------------------------
 
-    def user_page(self, offset: int, count: int) -> Op[list[str]]:
-        """User ids by last activity, newest first."""
-        (ids,) = yield Batch((("ZREVRANGE", self.keys.users, offset, offset + count - 1),))
-        return [text(i) for i in ids]
-
     def page(self, uid: str | None, offset: int, count: int) -> Op[list[str]]:
         """Session ids by last activity, newest first."""
         key = self.keys.sessions if uid is None else self.keys.user_sessions(uid)
         (ids,) = yield Batch((("ZREVRANGE", key, offset, offset + count - 1),))
         return [text(i) for i in ids]
+
+    def index_page(self, key: str, after: int | None, count: int) -> Op[list[tuple[str, int]]]:
+        """About ``count`` (member, score) of an index by ascending score, all above ``after``.
+
+        The page ends with the whole group of its last score, so that resuming above that
+        score skips no member of it.
+        """
+        lo = "-inf" if after is None else f"({after}"
+        (flat,) = yield Batch(
+            (("ZRANGE", key, lo, "+inf", "BYSCORE", "LIMIT", 0, count, "WITHSCORES"),)
+        )
+        rows = _pairs(flat)
+        if len(rows) == count:  # the last score's group may go on past the page
+            last = rows[-1][1]
+            (ties,) = yield Batch((("ZRANGE", key, last, last, "BYSCORE", "WITHSCORES"),))
+            rows = [r for r in rows if r[1] < last] + _pairs(ties)
+        return rows
 
     def summaries(self, sids: Sequence[str]) -> Op[list[dict[str, str] | None]]:
         """The summary fields of each session, None for those gone from Redis."""

@@ -81,3 +81,17 @@ async def test_outage_is_storage_unavailable(server_factory: ServerFactory) -> N
         assert (await m.get_session(sid)).total_interactions == 1
     finally:
         await m.close()
+
+
+async def test_async_iteration_visits_each_once(
+    amanager: AsyncSessionManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("redsession.index_walk.PAGE", 2)
+    ids = [(await amanager.create_session("alice")).session_id for _ in range(5)]
+    seen: list[str] = []
+    async for sid in amanager.iter_session_ids("alice"):
+        seen.append(sid)
+        rest = [x for x in ids if x not in seen]
+        if rest:
+            await amanager.log_interaction(rest[0], user_message="touched")
+    assert sorted(seen) == sorted(ids)

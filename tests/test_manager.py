@@ -418,6 +418,48 @@ def test_list_active_sessions_newest_first_and_paged(manager: SessionManager) ->
     assert list(manager.iter_session_ids("bob")) == [bob]
 
 
+@pytest.mark.parametrize("user", [None, "alice"])
+def test_iterating_ids_while_sessions_are_touched_visits_each_once(
+    manager: SessionManager, monkeypatch: pytest.MonkeyPatch, user: str | None
+) -> None:
+    # export --all and rotate-keys walk every id while the app keeps writing: a session
+    # touched before the walk reached it must still be visited, and only once.
+    monkeypatch.setattr("redsession.index_walk.PAGE", 3)
+    ids = [manager.create_session("alice").session_id for _ in range(10)]
+    seen: list[str] = []
+    for sid in manager.iter_session_ids(user):
+        seen.append(sid)
+        for other in ids:
+            if other not in seen:
+                _log(manager, other, "touched")  # the oldest one not visited yet
+                break
+        _log(manager, sid, "touched again")  # an id already visited comes up again
+    assert sorted(seen) == sorted(ids)
+    # Users likewise (rotate-keys walks them for the preferences).
+    users = [f"user{i}" for i in range(7)]
+    for u in users:
+        manager.create_session(u)
+    seen_users: list[str] = []
+    for u in manager.iter_user_ids():
+        seen_users.append(u)
+        rest = [x for x in users if x not in seen_users]
+        if rest:
+            manager.create_session(rest[0])
+    assert sorted(seen_users) == sorted(["alice", *users])
+
+
+def test_iteration_over_a_group_of_equal_scores_larger_than_a_page(
+    manager: SessionManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Imports keep their last activity, so ids may share one score: none may be skipped.
+    monkeypatch.setattr("redsession.index_walk.PAGE", 3)
+    members = {f"tied{i}": 1_000 for i in range(8)} | {"before": 999, "after": 1_001}
+    manager.client.zadd(manager.core.store.keys.sessions, members)
+    walked = list(manager.iter_session_ids())
+    assert walked[0] == "before" and walked[-1] == "after"
+    assert sorted(walked) == sorted(members)
+
+
 def test_an_application_client_that_decodes_responses(
     backend: str, redis_url: str, request: pytest.FixtureRequest
 ) -> None:
