@@ -456,7 +456,8 @@ def test_iteration_over_a_group_of_equal_scores_larger_than_a_page(
     members = {f"tied{i}": 1_000 for i in range(8)} | {"before": 999, "after": 1_001}
     manager.client.zadd(manager.core.store.keys.sessions, members)
     walked = list(manager.iter_session_ids())
-    assert walked[0] == "before" and walked[-1] == "after"
+    assert walked[0] == "before"
+    assert walked[-1] == "after"
     assert sorted(walked) == sorted(members)
 
 
