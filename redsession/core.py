@@ -230,7 +230,11 @@ class SessionCore:
                 raise InvalidInput(f"invalid cursor {check.show(cursor)}: pass back a next_cursor")
             offset = int(cursor)
         ids, rows = yield from self.store.page_summaries(uid, offset, limit)
-        items = [summary_from_row(sid, r) for sid, r in zip(ids, rows) if r is not None]
+        items = [
+            summary_from_row(sid, r)
+            for sid, r in zip(ids, rows)
+            if sid is not None and r is not None
+        ]
         more = len(ids) == limit
         return SessionPage(sessions=items, next_cursor=str(offset + limit) if more else None)
 
@@ -398,13 +402,9 @@ class SessionCore:
 
     def stats(self) -> Op[StoreStats]:
         n_s, n_u, oldest, newest, memory = yield from self.store.counts()
-        total, offset, page = 0, 0, 1000
-        while True:  # O(sessions): stats lists them all by nature
-            ids = yield from self.store.page(None, offset, page)
-            total += yield from self.store.totals(ids)
-            if len(ids) < page:
-                break
-            offset += page
+        total, walk = 0, self.session_walk(None)
+        while not walk.done:  # O(sessions): stats reads them all by nature
+            total += yield from self.store.totals((yield from walk.next_page()))
         now = to_us(self.clock())
         expiring = yield from self.store.count_expiring(now, now + _DAY_US)
         return StoreStats(

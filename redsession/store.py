@@ -8,6 +8,7 @@ launcher aside).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,6 +23,8 @@ from redsession.errors import (
     SessionNotFound,
 )
 from redsession.keys import Keys, expiry_member, split_expiry_member
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Arg = str | bytes | int | float
@@ -221,12 +224,6 @@ class Store:
 
     # -- indexes and listings ----------------------------------------------------------
 
-    def page(self, uid: str | None, offset: int, count: int) -> Op[list[str]]:
-        """Session ids by last activity, newest first."""
-        key = self.keys.sessions if uid is None else self.keys.user_sessions(uid)
-        (ids,) = yield Batch((("ZREVRANGE", key, offset, offset + count - 1),))
-        return [text(i) for i in ids]
-
     def index_page(self, key: str, after: int | None, count: int) -> Op[list[tuple[str, int]]]:
         """About ``count`` (member, score) of an index by ascending score, all above ``after``.
 
@@ -237,11 +234,12 @@ class Store:
         (flat,) = yield Batch(
             (("ZRANGE", key, lo, "+inf", "BYSCORE", "LIMIT", 0, count, "WITHSCORES"),)
         )
-        rows = _pairs(flat)
-        if len(rows) == count:  # the last score's group may go on past the page
-            last = rows[-1][1]
+        pairs = _raw_pairs(flat)
+        rows = yield from self._scored(key, pairs)
+        if len(pairs) == count:  # the last score's group may go on past the page
+            last = _score(pairs[-1][1])
             (ties,) = yield Batch((("ZRANGE", key, last, last, "BYSCORE", "WITHSCORES"),))
-            rows = [r for r in rows if r[1] < last] + _pairs(ties)
+            rows = [r for r in rows if r[1] < last] + (yield from self._scored(key, ties))
         return rows
 
     def summaries(self, sids: Sequence[str]) -> Op[list[dict[str, str] | None]]:
@@ -253,17 +251,23 @@ class Store:
 
     def page_summaries(
         self, uid: str | None, offset: int, count: int
-    ) -> Op[tuple[list[str], list[dict[str, str] | None]]]:
-        """page() and summaries() of its ids: one round trip on a single server."""
-        if self.cluster:  # the session hashes live in other slots than the index
-            ids = yield from self.page(uid, offset, count)
-            return ids, (yield from self.summaries(ids))
+    ) -> Op[tuple[list[str | None], list[dict[str, str] | None]]]:
+        """A page of session ids by activity, newest first, and the summary fields of each.
+
+        Rows are None for sessions gone from Redis; ids are None where a member was junk
+        (see _members). One round trip on a single server.
+        """
         key = self.keys.sessions if uid is None else self.keys.user_sessions(uid)
+        if self.cluster:  # the session hashes live in other slots than the index
+            (raw,) = yield Batch((("ZREVRANGE", key, offset, offset + count - 1),))
+            ids = yield from self._members(key, raw)
+            found = iter((yield from self.summaries([i for i in ids if i is not None])))
+            return ids, [None if i is None else next(found) for i in ids]
         head, _, tail = self.keys.session("\x00").partition("\x00")
-        raw_ids, rows = yield Eval(
+        raw, rows = yield Eval(
             PAGE_SUMMARIES, (key,), (offset, offset + count - 1, head, tail, *SUMMARY_FIELDS)
         )
-        return [text(i) for i in raw_ids], _summary_rows(rows)
+        return (yield from self._members(key, raw)), _summary_rows(rows)
 
     def exists(self, sids: Sequence[str]) -> Op[list[bool]]:
         if not sids:
@@ -277,7 +281,7 @@ class Store:
             (("ZRANGEBYSCORE", self.keys.expiry, "-inf", cutoff, "WITHSCORES", "LIMIT", 0, count),)
         )
         out = []
-        for member, score in _pairs(flat):
+        for member, score in (yield from self._scored(self.keys.expiry, flat)):
             sid, uid = split_expiry_member(member)
             out.append((sid, uid, score))
         return out
@@ -323,7 +327,7 @@ class Store:
     def dirty(self, count: int) -> Op[list[tuple[str, int]]]:
         """Up to ``count`` (sid, stamp) changed since their last dump, oldest change first."""
         (flat,) = yield Batch((("ZRANGE", self.keys.dirty, 0, count - 1, "WITHSCORES"),))
-        return [(m, s) for m, s in _pairs(flat)]
+        return (yield from self._scored(self.keys.dirty, flat))
 
     def clear_dirty(self, entries: Sequence[tuple[str, int]]) -> Op[int]:
         """Unmark dumped sessions, unless they changed again after ``stamp``."""
@@ -355,7 +359,7 @@ class Store:
     def zscan(self, key: str, cursor: int, count: int) -> Op[tuple[int, list[tuple[str, int]]]]:
         """One ZSCAN page of an index: (next cursor, 0 at the end; (member, score) pairs)."""
         ((nxt, pairs),) = yield Batch((("ZSCAN", key, cursor, "COUNT", count),))
-        return int(nxt), [(text(m), int(float(sc))) for m, sc in pairs]
+        return int(nxt), (yield from self._scored(key, pairs))
 
     def reindex(self, rows: Sequence[tuple[str, str, int, int]]) -> Op[int]:
         """Put (sid, uid, last activity, expires_at) into every index; returns entries added.
@@ -423,7 +427,9 @@ class Store:
             ("ZREVRANGE", k.sessions, 0, 0, "WITHSCORES"),
             ("INFO", "memory"),
         ))  # fmt: skip
-        return int(n_s), int(n_u), _pairs(oldest), _pairs(newest), _used_memory(info)
+        oldest = yield from self._scored(k.sessions, oldest)
+        newest = yield from self._scored(k.sessions, newest)
+        return int(n_s), int(n_u), oldest, newest, _used_memory(info)
 
     def totals(self, sids: Sequence[str]) -> Op[int]:
         if not sids:
@@ -431,6 +437,28 @@ class Store:
         field = "total_interactions"
         rows = yield Batch(tuple(("HGET", self.keys.session(s), field) for s in sids))
         return sum(int(r) for r in rows if r is not None)
+
+    # -- decoding index members ----------------------------------------------------------
+
+    def _members(self, key: str, raw: Sequence[Reply]) -> Op[list[str | None]]:
+        """Members of the index ``key`` as text, None for one that is not UTF-8.
+
+        redsession never writes such a member (someone wrote to its keys directly); left in
+        place it would stop every reader of the index (listings, dumps, cleanup, repair), so
+        it is removed here, where it is met.
+        """
+        out = [_text_or_none(m) for m in raw]
+        junk = [m for m, t in zip(raw, out) if t is None]
+        if junk:
+            log.warning("removing %d member(s) that are not UTF-8 from %s", len(junk), key)
+            yield Batch((("ZREM", key, *junk),))
+        return out
+
+    def _scored(self, key: str, reply: Reply) -> Op[list[tuple[str, int]]]:
+        """A WITHSCORES reply of ``key`` as (member, integer score), as _members decodes."""
+        pairs = _raw_pairs(reply)
+        names = yield from self._members(key, [m for m, _ in pairs])
+        return [(n, _score(s)) for n, (_, s) in zip(names, pairs) if n is not None]
 
 
 def _summary_rows(rows: Reply) -> list[dict[str, str] | None]:
@@ -457,12 +485,23 @@ return {ids, rows}
 )
 
 
-def _pairs(reply: Reply) -> list[tuple[str, int]]:
-    """A WITHSCORES reply (RESP2 flat list or RESP3 pairs) as (member, integer score)."""
+def _raw_pairs(reply: Reply) -> list[tuple[Reply, Reply]]:
+    """A WITHSCORES reply (RESP2 flat list, RESP3 or ZSCAN pairs) as (member, score) pairs."""
     if reply and isinstance(reply[0], (list, tuple)):
-        return [(text(m), int(float(s))) for m, s in reply]
+        return [(m, s) for m, s in reply]
     it = iter(reply)
-    return [(text(m), int(float(s))) for m, s in zip(it, it)]
+    return list(zip(it, it))
+
+
+def _score(raw: Reply) -> int:
+    return int(float(raw))
+
+
+def _text_or_none(raw: Reply) -> str | None:
+    try:
+        return text(raw)
+    except UnicodeDecodeError:
+        return None
 
 
 def _hash(reply: Reply) -> dict[str, str]:

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from redsession import (
     SessionNotFound,
     StorageUnavailable,
 )
+from redsession.dump import dump_sessions
 from redsession.embedded import RedisServer
 from redsession.keys import Keys
 from tests.conftest import ServerFactory
@@ -459,6 +461,35 @@ def test_iteration_over_a_group_of_equal_scores_larger_than_a_page(
     assert walked[0] == "before"
     assert walked[-1] == "after"
     assert sorted(walked) == sorted(members)
+
+
+def test_index_members_that_are_not_utf8_are_removed_where_met(
+    manager: SessionManager, tmp_path: Path
+) -> None:
+    # Only someone writing to our keys directly can put them there; they must not stop the
+    # listings, the dump, cleanup, stats or repair (each raised UnicodeDecodeError).
+    sid = manager.create_session("alice").session_id
+    k, c = manager.core.store.keys, manager.client
+    junk = b"\xff\xfe"
+    indexes = [k.sessions, k.user_sessions("alice"), k.users, k.expiry, k.dirty]
+    for key in indexes:
+        c.zadd(key, {junk: 1})
+    assert [s.session_id for s in manager.list_active_sessions().sessions] == [sid]
+    assert [s.session_id for s in manager.list_active_sessions("alice").sessions] == [sid]
+    assert list(manager.iter_user_ids()) == ["alice"]
+    assert manager.stats().sessions == 1  # counted before the junk member went
+    assert dump_sessions(manager, tmp_path).written == 1
+    assert manager.cleanup_expired_sessions() == 0
+    for key in indexes:
+        assert c.zscore(key, junk) is None, key
+    scanned = indexes[:4]  # the walks and repair meet them too (the dump reads P:dirty)
+    for key in scanned:
+        c.zadd(key, {junk: 1})
+    assert list(manager.iter_session_ids()) == [sid]
+    manager.repair_indexes()
+    for key in scanned:
+        assert c.zscore(key, junk) is None, key
+    assert manager.get_session(sid).user_id == "alice"
 
 
 def test_an_application_client_that_decodes_responses(
