@@ -9,8 +9,8 @@ from typing import Any
 
 import redis
 
+from redsession.commands import Eval
 from redsession.manager import SessionManager
-from redsession.store import Eval
 
 # A typical exchange with a chat assistant: a short question, a paragraph of answer.
 USER_MESSAGE = "How do I move my subscription to the annual plan without losing my credits? " * 2

@@ -24,6 +24,7 @@ from redsession.codec import (
     session_from_hash,
     summary_from_row,
 )
+from redsession.commands import Op
 from redsession.config import Settings
 from redsession.crypto import Cipher
 from redsession.errors import (
@@ -47,7 +48,7 @@ from redsession.models import (
     trusted,
     utcnow,
 )
-from redsession.store import Op, Stamp, Store
+from redsession.store import Stamp, Store
 
 T = TypeVar("T")
 MAX_MERGE_HOPS = 16  # a merged id redirects to its primary, which may itself be merged
@@ -385,7 +386,7 @@ class SessionCore:
         removed: list[str] = []
         skip = 0  # entries that say expired but whose session lives (index drift)
         while True:
-            entries = yield from self.store.expired(now, skip + batch)
+            entries = yield from self.store.upkeep.expired(now, skip + batch)
             entries = entries[skip:]
             if not entries:
                 return removed
@@ -396,7 +397,7 @@ class SessionCore:
                 removed += [sid for sid, _, _ in dead]
                 skip += len(dead)
             else:
-                removed += yield from self.store.forget(dead, now)
+                removed += yield from self.store.upkeep.forget(dead, now)
             if len(entries) < batch:
                 return removed
 
@@ -406,7 +407,7 @@ class SessionCore:
         while not walk.done:  # O(sessions): stats reads them all by nature
             total += yield from self.store.totals((yield from walk.next_page()))
         now = to_us(self.clock())
-        expiring = yield from self.store.count_expiring(now, now + _DAY_US)
+        expiring = yield from self.store.upkeep.count_expiring(now, now + _DAY_US)
         return StoreStats(
             sessions=n_s, users=n_u, interactions=total, redis_used_memory=memory,
             oldest_activity=from_us(oldest[0][1]) if oldest else None,
@@ -416,7 +417,7 @@ class SessionCore:
 
     def changed_sessions(self, count: int) -> Op[list[tuple[str, int]]]:
         """(session id, change stamp) of sessions changed since their last dump."""
-        return (yield from self.store.dirty(check.integer(count, "count", 1)))
+        return (yield from self.store.upkeep.dirty(check.integer(count, "count", 1)))
 
     def mark_dumped(self, entries: Sequence[tuple[str, int]]) -> Op[int]:
-        return (yield from self.store.clear_dirty(check.stamped_ids(entries)))
+        return (yield from self.store.upkeep.clear_dirty(check.stamped_ids(entries)))

@@ -1,7 +1,7 @@
 """The drivers: the only code that does Redis I/O for the store's operations.
 
-A store operation is a generator of commands (store.Eval, store.Batch, store.Scan); a driver
-runs it to completion on a redis-py client, sync or asyncio, standalone or cluster.
+A store operation is a generator of commands (commands.Eval, Batch and Scan); a driver runs
+it to completion on a redis-py client, sync or asyncio, standalone or cluster.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from redsession import scripts
 from redsession.codec import Reply
+from redsession.commands import Arg, Cmd, Eval, Op, Scan, T
 from redsession.errors import StorageError, StorageUnavailable
-from redsession.store import Arg, Cmd, Eval, Op, Scan, T
 
 
 def _storage_error(e: RedisError) -> StorageError:

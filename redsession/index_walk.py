@@ -10,7 +10,8 @@ reached; an id met again is not yielded twice. The walk ends at the first empty 
 
 from __future__ import annotations
 
-from redsession.store import Op, Store
+from redsession.commands import Op
+from redsession.store import Store
 
 PAGE = 500  # ids per round trip
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio
 
+from redsession.commands import Op
 from redsession.config import Settings
 from redsession.connection import async_client, sync_client
 from redsession.core import SessionCore
@@ -30,7 +31,7 @@ from redsession.models import (
     utcnow,
 )
 from redsession.repair import RepairReport, repair_op
-from redsession.store import Op, Store
+from redsession.store import Store
 
 T = TypeVar("T")
 CLEANUP_BATCH = 1000

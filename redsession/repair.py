@@ -18,8 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from redsession.commands import Op
 from redsession.keys import split_expiry_member
-from redsession.store import Op, Store
+from redsession.store import Store
 
 if TYPE_CHECKING:
     from redsession.manager import AsyncSessionManager, SessionManager
@@ -48,7 +49,7 @@ def repair_op(store: Store, now: int, batch: int = REPAIR_BATCH) -> Op[RepairRep
     removed += yield from _prune(store, k.expiry, batch, now, split_expiry_member)
     cursor: Any = None
     while True:
-        cursor, uids = yield from store.scan_user_indexes(cursor, batch)
+        cursor, uids = yield from store.upkeep.scan_user_indexes(cursor, batch)
         for uid in uids:
             if _ID.match(uid):
                 removed += yield from _prune(
@@ -70,7 +71,7 @@ def _reindex(store: Store, batch: int) -> Op[tuple[int, int]]:
     sessions = added = 0
     cursor: Any = None
     while True:
-        cursor, sids = yield from store.scan_sessions(cursor, batch)
+        cursor, sids = yield from store.upkeep.scan_sessions(cursor, batch)
         sids = [s for s in sids if _ID.match(s)]
         rows = yield from store.summaries(sids)
         live = [
@@ -79,7 +80,7 @@ def _reindex(store: Store, batch: int) -> Op[tuple[int, int]]:
             if r is not None and r["last_activity"] and r["expires_at"]
         ]
         sessions += len(live)
-        added += yield from store.reindex(live)
+        added += yield from store.upkeep.reindex(live)
         if cursor is None:
             return sessions, added
 
@@ -98,7 +99,7 @@ def _prune(
     removed = 0
     cursor = 0
     while True:
-        cursor, page = yield from store.zscan(key, cursor, batch)
+        cursor, page = yield from store.upkeep.zscan(key, cursor, batch)
         parsed = [(split(m), m, score) for m, score in page]
         sids = [sid for (sid, _), _, _ in parsed]
         rows = yield from store.summaries(sids)
@@ -108,9 +109,9 @@ def _prune(
                 gone.append(sid)
             if row is None or (claimed is not None and row["user_id"] != claimed):
                 stale.append((member, score))
-        removed += len((yield from store.remove_if_score(key, stale)))
+        removed += len((yield from store.upkeep.remove_if_score(key, stale)))
         # The dump then removes the files of sessions Redis no longer has.
-        yield from store.mark_dirty(gone, now)
+        yield from store.upkeep.mark_dirty(gone, now)
         if cursor == 0:
             return removed
 
@@ -119,10 +120,10 @@ def _prune_users(store: Store, batch: int) -> Op[int]:
     removed = 0
     cursor = 0
     while True:
-        cursor, page = yield from store.zscan(store.keys.users, cursor, batch)
-        sizes = yield from store.user_index_sizes([uid for uid, _ in page])
+        cursor, page = yield from store.upkeep.zscan(store.keys.users, cursor, batch)
+        sizes = yield from store.upkeep.user_index_sizes([uid for uid, _ in page])
         empty = [(uid, score) for (uid, score), n in zip(page, sizes) if n == 0]
-        removed += len((yield from store.remove_if_score(store.keys.users, empty)))
+        removed += len((yield from store.upkeep.remove_if_score(store.keys.users, empty)))
         if cursor == 0:
             return removed
 

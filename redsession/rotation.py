@@ -12,11 +12,12 @@ from collections.abc import Callable
 from pydantic import BaseModel, ConfigDict
 
 from redsession.codec import encode_interaction, expires_from_hash, hash_fields, record_from_hash
+from redsession.commands import Op
 from redsession.core import SessionCore
 from redsession.errors import ConcurrentModification, ConfigError, SessionNotFound
 from redsession.manager import SessionManager
 from redsession.models import to_us
-from redsession.store import Op, Stamp
+from redsession.store import Stamp
 
 
 class RotationReport(BaseModel):

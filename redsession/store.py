@@ -1,20 +1,26 @@
-"""All Redis access: each operation is a generator that yields commands and parses replies.
+"""The session store's Redis operations: session scripts, listings, preferences and stats.
 
-The generators do no I/O themselves ("sans-IO"): drivers.SyncDriver and AsyncDriver execute
-what they yield, so the sync and async managers share every line of logic. This module and
-drivers.py are the only ones that speak Redis commands (the worker's lock and the server
-launcher aside).
+Each operation is a generator of commands (commands.py) that a driver runs. This module,
+index_upkeep.py (cleanup, dump marks, repair) and drivers.py are the only ones that speak
+Redis commands (the worker's lock and the server launcher aside).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 from redsession import scripts
 from redsession.codec import Reply, flat_to_dict, text
+from redsession.commands import (
+    Arg,
+    Batch,
+    Eval,
+    Op,
+    hash_reply,
+    int_score,
+    raw_pairs,
+)
 from redsession.config import Settings
 from redsession.errors import (
     PermissionDenied,
@@ -22,45 +28,8 @@ from redsession.errors import (
     SessionMerged,
     SessionNotFound,
 )
-from redsession.keys import Keys, expiry_member, split_expiry_member
-
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-Arg = str | bytes | int | float
-
-
-@dataclass(frozen=True, slots=True)
-class Eval:
-    """Run one script (EVALSHA, loading it on NOSCRIPT)."""
-
-    script: scripts.Script
-    keys: tuple[str, ...]
-    args: tuple[Arg, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """Plain commands, pipelined without MULTI; the reply is the list of their replies."""
-
-    commands: tuple[tuple[Arg, ...], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Scan:
-    """One page of SCAN (on a cluster: over every primary); reply (next cursor or None, keys).
-
-    The cursor is opaque to the caller: an int on one server, {node name: int} on a cluster.
-    """
-
-    match: str
-    type: str
-    count: int
-    cursor: Any = None
-
-
-Cmd = Eval | Batch | Scan
-Op = Generator[Cmd, Any, T]
+from redsession.index_upkeep import IndexUpkeep, members, scored
+from redsession.keys import Keys, expiry_member
 
 SUMMARY_FIELDS = ("user_id", "created_at", "last_activity", "total_interactions", "expires_at")
 
@@ -75,11 +44,12 @@ class Stamp:
 
 
 class Store:
-    """The Redis operations of redsession, as generators of commands."""
+    """The Redis operations of the session store, as generators of commands."""
 
     def __init__(self, keys: Keys, settings: Settings, *, cluster: bool = False) -> None:
         self.keys = keys
         self.cluster = cluster
+        self.upkeep = IndexUpkeep(keys)
         self._prefs_ms = int(settings.preferences_ttl.total_seconds() * 1000)
         self._tomb_ms = int(settings.session_ttl.total_seconds() * 1000)
         self._index_keys = () if cluster else keys.index_keys()
@@ -234,12 +204,12 @@ class Store:
         (flat,) = yield Batch(
             (("ZRANGE", key, lo, "+inf", "BYSCORE", "LIMIT", 0, count, "WITHSCORES"),)
         )
-        pairs = _raw_pairs(flat)
-        rows = yield from self._scored(key, pairs)
+        pairs = raw_pairs(flat)
+        rows = yield from scored(key, pairs)
         if len(pairs) == count:  # the last score's group may go on past the page
-            last = _score(pairs[-1][1])
+            last = int_score(pairs[-1][1])
             (ties,) = yield Batch((("ZRANGE", key, last, last, "BYSCORE", "WITHSCORES"),))
-            rows = [r for r in rows if r[1] < last] + (yield from self._scored(key, ties))
+            rows = [r for r in rows if r[1] < last] + (yield from scored(key, ties))
         return rows
 
     def summaries(self, sids: Sequence[str]) -> Op[list[dict[str, str] | None]]:
@@ -260,144 +230,20 @@ class Store:
         key = self.keys.sessions if uid is None else self.keys.user_sessions(uid)
         if self.cluster:  # the session hashes live in other slots than the index
             (raw,) = yield Batch((("ZREVRANGE", key, offset, offset + count - 1),))
-            ids = yield from self._members(key, raw)
+            ids = yield from members(key, raw)
             found = iter((yield from self.summaries([i for i in ids if i is not None])))
             return ids, [None if i is None else next(found) for i in ids]
         head, _, tail = self.keys.session("\x00").partition("\x00")
         raw, rows = yield Eval(
             PAGE_SUMMARIES, (key,), (offset, offset + count - 1, head, tail, *SUMMARY_FIELDS)
         )
-        return (yield from self._members(key, raw)), _summary_rows(rows)
+        return (yield from members(key, raw)), _summary_rows(rows)
 
     def exists(self, sids: Sequence[str]) -> Op[list[bool]]:
         if not sids:
             return []
         rows = yield Batch(tuple(("EXISTS", self.keys.session(s)) for s in sids))
         return [bool(r) for r in rows]
-
-    def expired(self, cutoff: int, count: int) -> Op[list[tuple[str, str, int]]]:
-        """Up to ``count`` (sid, uid, expires_at) whose index entry says they have expired."""
-        (flat,) = yield Batch(
-            (("ZRANGEBYSCORE", self.keys.expiry, "-inf", cutoff, "WITHSCORES", "LIMIT", 0, count),)
-        )
-        out = []
-        for member, score in (yield from self._scored(self.keys.expiry, flat)):
-            sid, uid = split_expiry_member(member)
-            out.append((sid, uid, score))
-        return out
-
-    def count_expiring(self, start: int, stop: int) -> Op[int]:
-        (n,) = yield Batch((("ZCOUNT", self.keys.expiry, start, stop),))
-        return int(n)
-
-    def forget(self, entries: Sequence[tuple[str, str, int]], now: int) -> Op[list[str]]:
-        """Drop index entries of expired sessions; marks them dirty so the dump drops files.
-
-        Only entries whose expiry score is unchanged go: a session revived meanwhile stays.
-        """
-        if not entries:
-            return []
-        args: list[Arg] = []
-        for sid, uid, score in entries:
-            args += [expiry_member(sid, uid), score]
-        removed = yield Eval(scripts.REMOVE_IF_SCORE, (self.keys.expiry,), tuple(args))
-        gone = {text(m) for m in removed}
-        cmds: list[tuple[Arg, ...]] = []
-        users = set()
-        sids = []
-        for sid, uid, _ in entries:
-            if expiry_member(sid, uid) in gone:
-                sids.append(sid)
-                users.add(uid)
-                cmds += [
-                    ("ZREM", self.keys.user_sessions(uid), sid),
-                    ("ZREM", self.keys.sessions, sid),
-                    ("ZADD", self.keys.dirty, now, sid),
-                ]
-        if cmds:
-            yield Batch(tuple(cmds))
-            # A user with no sessions left leaves the users index.
-            ulist = sorted(users)
-            sizes = yield Batch(tuple(("ZCARD", self.keys.user_sessions(u)) for u in ulist))
-            empty = [u for u, n in zip(ulist, sizes) if int(n) == 0]
-            if empty:
-                yield Batch((("ZREM", self.keys.users, *empty),))
-        return sids
-
-    def dirty(self, count: int) -> Op[list[tuple[str, int]]]:
-        """Up to ``count`` (sid, stamp) changed since their last dump, oldest change first."""
-        (flat,) = yield Batch((("ZRANGE", self.keys.dirty, 0, count - 1, "WITHSCORES"),))
-        return (yield from self._scored(self.keys.dirty, flat))
-
-    def clear_dirty(self, entries: Sequence[tuple[str, int]]) -> Op[int]:
-        """Unmark dumped sessions, unless they changed again after ``stamp``."""
-        if not entries:
-            return 0
-        args: list[Arg] = [a for sid, stamp in entries for a in (sid, stamp)]
-        removed = yield Eval(scripts.REMOVE_IF_SCORE, (self.keys.dirty,), tuple(args))
-        return len(removed)
-
-    # -- repair: SCAN, for redsession.repair only (never on a runtime path) ---------------
-
-    def scan_sessions(self, cursor: Any, count: int) -> Op[tuple[Any, list[str]]]:
-        """One SCAN page of the session hashes: (next cursor or None at the end, their ids)."""
-        head, tail = self.keys.session("*").split("*")
-        return (yield from self._scan(head, tail, "hash", cursor, count))
-
-    def scan_user_indexes(self, cursor: Any, count: int) -> Op[tuple[Any, list[str]]]:
-        """One SCAN page of the per-user session indexes: (next cursor, user ids)."""
-        head, tail = self.keys.user_sessions("*").split("*")
-        return (yield from self._scan(head, tail, "zset", cursor, count))
-
-    def _scan(
-        self, head: str, tail: str, type_: str, cursor: Any, count: int
-    ) -> Op[tuple[Any, list[str]]]:
-        nxt, raw = yield Scan(f"{head}*{tail}", type_, count, cursor)
-        names = [text(k) for k in raw]
-        return nxt, [n[len(head) : len(n) - len(tail)] for n in names]
-
-    def zscan(self, key: str, cursor: int, count: int) -> Op[tuple[int, list[tuple[str, int]]]]:
-        """One ZSCAN page of an index: (next cursor, 0 at the end; (member, score) pairs)."""
-        ((nxt, pairs),) = yield Batch((("ZSCAN", key, cursor, "COUNT", count),))
-        return int(nxt), (yield from self._scored(key, pairs))
-
-    def reindex(self, rows: Sequence[tuple[str, str, int, int]]) -> Op[int]:
-        """Put (sid, uid, last activity, expires_at) into every index; returns entries added.
-
-        GT: an entry never moves back in time, so a write racing the repair keeps its score.
-        """
-        k = self.keys
-        cmds: list[tuple[Arg, ...]] = []
-        for sid, uid, activity, expires in rows:
-            cmds += [
-                ("ZADD", k.user_sessions(uid), "GT", activity, sid),
-                ("ZADD", k.sessions, "GT", activity, sid),
-                ("ZADD", k.users, "GT", activity, uid),
-                ("ZADD", k.expiry, "GT", expires, expiry_member(sid, uid)),
-            ]
-        if not cmds:
-            return 0
-        added = yield Batch(tuple(cmds))
-        return sum(int(n) for n in added)
-
-    def remove_if_score(self, key: str, entries: Sequence[tuple[str, int]]) -> Op[list[str]]:
-        """Remove members whose score is still the one read: a concurrent write keeps its entry."""
-        if not entries:
-            return []
-        args = tuple(a for member, score in entries for a in (member, score))
-        removed = yield Eval(scripts.REMOVE_IF_SCORE, (key,), args)
-        return [text(m) for m in removed]
-
-    def mark_dirty(self, sids: Sequence[str], now: int) -> Op[None]:
-        """So the next dump writes (or, for a gone session, removes) their files."""
-        if sids:
-            yield Batch((("ZADD", self.keys.dirty, *(a for s in sids for a in (now, s))),))
-
-    def user_index_sizes(self, uids: Sequence[str]) -> Op[list[int]]:
-        if not uids:
-            return []
-        sizes = yield Batch(tuple(("ZCARD", self.keys.user_sessions(u)) for u in uids))
-        return [int(n) for n in sizes]
 
     # -- preferences ---------------------------------------------------------------------
 
@@ -413,7 +259,7 @@ class Store:
 
     def get_prefs(self, uid: str) -> Op[dict[str, str]]:
         (h,) = yield Batch((("HGETALL", self.keys.user_prefs(uid)),))
-        return _hash(h)
+        return hash_reply(h)
 
     # -- stats ---------------------------------------------------------------------------
 
@@ -427,8 +273,8 @@ class Store:
             ("ZREVRANGE", k.sessions, 0, 0, "WITHSCORES"),
             ("INFO", "memory"),
         ))  # fmt: skip
-        oldest = yield from self._scored(k.sessions, oldest)
-        newest = yield from self._scored(k.sessions, newest)
+        oldest = yield from scored(k.sessions, oldest)
+        newest = yield from scored(k.sessions, newest)
         return int(n_s), int(n_u), oldest, newest, _used_memory(info)
 
     def totals(self, sids: Sequence[str]) -> Op[int]:
@@ -437,28 +283,6 @@ class Store:
         field = "total_interactions"
         rows = yield Batch(tuple(("HGET", self.keys.session(s), field) for s in sids))
         return sum(int(r) for r in rows if r is not None)
-
-    # -- decoding index members ----------------------------------------------------------
-
-    def _members(self, key: str, raw: Sequence[Reply]) -> Op[list[str | None]]:
-        """Members of the index ``key`` as text, None for one that is not UTF-8.
-
-        redsession never writes such a member (someone wrote to its keys directly); left in
-        place it would stop every reader of the index (listings, dumps, cleanup, repair), so
-        it is removed here, where it is met.
-        """
-        out = [_text_or_none(m) for m in raw]
-        junk = [m for m, t in zip(raw, out) if t is None]
-        if junk:
-            log.warning("removing %d member(s) that are not UTF-8 from %s", len(junk), key)
-            yield Batch((("ZREM", key, *junk),))
-        return out
-
-    def _scored(self, key: str, reply: Reply) -> Op[list[tuple[str, int]]]:
-        """A WITHSCORES reply of ``key`` as (member, integer score), as _members decodes."""
-        pairs = _raw_pairs(reply)
-        names = yield from self._members(key, [m for m, _ in pairs])
-        return [(n, _score(s)) for n, (_, s) in zip(names, pairs) if n is not None]
 
 
 def _summary_rows(rows: Reply) -> list[dict[str, str] | None]:
@@ -483,31 +307,6 @@ end
 return {ids, rows}
 """,
 )
-
-
-def _raw_pairs(reply: Reply) -> list[tuple[Reply, Reply]]:
-    """A WITHSCORES reply (RESP2 flat list, RESP3 or ZSCAN pairs) as (member, score) pairs."""
-    if reply and isinstance(reply[0], (list, tuple)):
-        return [(m, s) for m, s in reply]
-    it = iter(reply)
-    return list(zip(it, it))
-
-
-def _score(raw: Reply) -> int:
-    return int(float(raw))
-
-
-def _text_or_none(raw: Reply) -> str | None:
-    try:
-        return text(raw)
-    except UnicodeDecodeError:
-        return None
-
-
-def _hash(reply: Reply) -> dict[str, str]:
-    if isinstance(reply, dict):
-        return {text(k): text(v) for k, v in reply.items()}
-    return flat_to_dict(reply)
 
 
 def _used_memory(info: Reply) -> int:

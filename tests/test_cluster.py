@@ -13,13 +13,13 @@ import pytest
 import redis
 
 from redsession import SessionManager, SessionMerged, StorageError, StorageUnavailable
+from redsession.commands import Batch, Cmd, Eval
 from redsession.config import Settings
 from redsession.connection import async_client, sync_client
 from redsession.drivers import SyncDriver
 from redsession.keys import Keys, expiry_member
 from redsession.models import to_us
 from redsession.repair import RepairReport, arepair_indexes, repair_indexes, repair_op
-from redsession.store import Batch, Cmd, Eval
 from tests.topology import Cluster, async_cluster_manager, cluster_manager, redis_cluster
 
 __all__ = ["redis_cluster"]  # the session-scoped fixture, imported for pytest to find

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from redsession import SessionManager
+from redsession.commands import Eval
 from redsession.keys import Keys
 from redsession.models import SessionExport
-from redsession.store import Eval
 
 K = Keys()
 PROPS = settings(

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 import redis
 
+from redsession.commands import Batch, Eval
 from redsession.config import Settings
 from redsession.connection import sync_client
 from redsession.keys import Keys
 from redsession.leader import read_heartbeat
 from redsession.manager import SessionManager
 from redsession.models import SessionExport
-from redsession.store import Batch, Eval
 from redsession.worker import PeriodTrigger, Worker, check_worker
 
 from .conftest import ServerFactory
