@@ -47,7 +47,14 @@ class Scan:
     cursor: Any = None
 
 
-Cmd = Eval | Batch | Scan
+@dataclass(frozen=True, slots=True)
+class OnEachPrimary:
+    """One keyless command on every primary (on a single server: on it); reply: their replies."""
+
+    command: tuple[Arg, ...]
+
+
+Cmd = Eval | Batch | Scan | OnEachPrimary
 Op = Generator[Cmd, Any, T]
 
 

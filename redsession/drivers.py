@@ -1,11 +1,12 @@
 """The drivers: the only code that does Redis I/O for the store's operations.
 
-A store operation is a generator of commands (commands.Eval, Batch and Scan); a driver runs
-it to completion on a redis-py client, sync or asyncio, standalone or cluster.
+A store operation is a generator of commands (commands.Eval, Batch, Scan and OnEachPrimary); a
+driver runs it to completion on a redis-py client, sync or asyncio, standalone or cluster.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from typing import Any
 
@@ -17,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from redsession import scripts
 from redsession.codec import Reply
-from redsession.commands import Arg, Cmd, Eval, Op, Scan, T
+from redsession.commands import Arg, Cmd, Eval, OnEachPrimary, Op, Scan, T
 from redsession.errors import StorageError, StorageUnavailable
 
 
@@ -57,6 +58,11 @@ class SyncDriver:
     def _execute(self, cmd: Cmd) -> Reply:
         if isinstance(cmd, Scan):
             return self._scan(cmd)
+        if isinstance(cmd, OnEachPrimary):
+            if isinstance(self.client, redis.RedisCluster):
+                nodes = self.client.get_primaries()  # type: ignore[no-untyped-call]
+                return [n.redis_connection.execute_command(*cmd.command) for n in nodes]
+            return [self.client.execute_command(*cmd.command)]  # type: ignore[no-untyped-call]
         if isinstance(cmd, Eval):
             try:
                 return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
@@ -110,6 +116,11 @@ class AsyncDriver:
     async def _execute(self, cmd: Cmd) -> Reply:
         if isinstance(cmd, Scan):
             return await self._scan(cmd)
+        if isinstance(cmd, OnEachPrimary):
+            if isinstance(self.client, redis.asyncio.RedisCluster):
+                nodes = self.client.get_primaries()
+                return await asyncio.gather(*(n.execute_command(*cmd.command) for n in nodes))
+            return [await self.client.execute_command(*cmd.command)]  # type: ignore[no-untyped-call]
         if isinstance(cmd, Eval):
             try:
                 return await self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from redsession.commands import (
     Arg,
     Batch,
     Eval,
+    OnEachPrimary,
     Op,
     hash_reply,
     int_score,
@@ -266,16 +267,16 @@ class Store:
     def counts(self) -> Op[tuple[int, int, list[tuple[str, int]], list[tuple[str, int]], int]]:
         """(sessions, users, oldest, newest, used memory)."""
         k = self.keys
-        n_s, n_u, oldest, newest, info = yield Batch((
+        n_s, n_u, oldest, newest = yield Batch((
             ("ZCARD", k.sessions),
             ("ZCARD", k.users),
             ("ZRANGE", k.sessions, 0, 0, "WITHSCORES"),
             ("ZREVRANGE", k.sessions, 0, 0, "WITHSCORES"),
-            ("INFO", "memory"),
         ))  # fmt: skip
         oldest = yield from scored(k.sessions, oldest)
         newest = yield from scored(k.sessions, newest)
-        return int(n_s), int(n_u), oldest, newest, _used_memory(info)
+        infos = yield OnEachPrimary(("INFO", "memory"))  # a cluster's data set is on them all
+        return int(n_s), int(n_u), oldest, newest, sum(_used_memory(i) for i in infos)
 
     def totals(self, sids: Sequence[str]) -> Op[int]:
         if not sids:

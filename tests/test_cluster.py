@@ -330,6 +330,35 @@ async def test_async_client_from_cluster_url(cluster: Cluster) -> None:
         await c.aclose()
 
 
+def test_stats_memory_is_the_sum_over_the_primaries(cluster: Cluster) -> None:
+    # It used to be one node's INFO: a third of the data set on three primaries.
+    m = cluster_manager(cluster)
+    for i in range(30):
+        m.create_session(f"user{i}")
+    before = _primaries_memory(cluster)
+    used = m.stats().redis_used_memory
+    after = _primaries_memory(cluster)
+    m.close()
+    assert 0.9 * min(sum(before), sum(after)) <= used <= 1.1 * max(sum(before), sum(after))
+
+
+async def test_async_stats_memory_is_the_sum_over_the_primaries(cluster: Cluster) -> None:
+    m = async_cluster_manager(cluster)
+    try:
+        used = (await m.stats()).redis_used_memory
+    finally:
+        await m.close()
+    assert used > 1.5 * max(_primaries_memory(cluster))  # more than any one primary's
+
+
+def _primaries_memory(cluster: Cluster) -> list[int]:
+    out = []
+    for port in cluster.primaries():
+        with redis.Redis(port=port) as node:
+            out.append(int(node.info("memory")["used_memory"]))
+    return out
+
+
 @pytest.mark.slow
 def test_primary_killed_under_writes(
     tmp_path: Path, record_property: pytest.RecordProperty
