@@ -19,13 +19,19 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redsession import scripts
 from redsession.codec import Reply
 from redsession.commands import Arg, Cmd, Eval, OnEachPrimary, Op, Scan, T
-from redsession.errors import StorageError, StorageUnavailable
+from redsession.errors import CorruptData, StorageError, StorageUnavailable
 
 
 def _storage_error(e: RedisError) -> StorageError:
     if isinstance(e, (RedisConnectionError, RedisTimeoutError)):
         return StorageUnavailable(f"Redis is unavailable: {e}")
     return StorageError(f"Redis refused the command: {e}")
+
+
+def _not_text(e: UnicodeDecodeError) -> CorruptData:
+    # Only someone writing to our keys directly puts such bytes there; the reply may have
+    # been decoded by redis-py (a decode_responses client) or by the operation.
+    return CorruptData(f"Redis holds bytes that are not UTF-8 where redsession keeps text: {e}")
 
 
 @functools.cache
@@ -54,6 +60,8 @@ class SyncDriver:
             return result
         except RedisError as e:
             raise _storage_error(e) from e
+        except UnicodeDecodeError as e:
+            raise _not_text(e) from e
 
     def _execute(self, cmd: Cmd) -> Reply:
         if isinstance(cmd, Scan):
@@ -112,6 +120,8 @@ class AsyncDriver:
             return result
         except RedisError as e:
             raise _storage_error(e) from e
+        except UnicodeDecodeError as e:
+            raise _not_text(e) from e
 
     async def _execute(self, cmd: Cmd) -> Reply:
         if isinstance(cmd, Scan):

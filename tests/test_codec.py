@@ -279,3 +279,22 @@ def test_corrupt_data_in_redis_reaches_the_caller_as_corrupt_data(
     redis_client.hset(K.session(sid), "created_at", "junk")
     with pytest.raises(CorruptData):
         manager.list_active_sessions("u1")
+
+
+def test_bytes_that_are_not_utf8_where_text_belongs_are_corrupt_data(
+    manager: SessionManager, redis_client: redis.Redis, redis_url: str
+) -> None:
+    # Each used to escape as a bare UnicodeDecodeError (a traceback for CLI users).
+    sid = manager.create_session("u1").session_id
+    for field in ("context", "user_id"):
+        redis_client.hset(K.session(sid), field, b"\xff")
+        with pytest.raises(CorruptData, match="not UTF-8"):
+            manager.get_session(sid)
+    # An application client decoding replies itself fails inside redis-py on such bytes.
+    redis_client.zadd(K.sessions, {b"\xff": 1})
+    app = SessionManager(redis.Redis.from_url(redis_url, decode_responses=True))
+    try:
+        with pytest.raises(CorruptData, match="not UTF-8"):
+            app.list_active_sessions()
+    finally:
+        app.close()
