@@ -66,11 +66,6 @@ class SyncDriver:
     def _execute(self, cmd: Cmd) -> Reply:
         if isinstance(cmd, Scan):
             return self._scan(cmd)
-        if isinstance(cmd, OnEachPrimary):
-            if isinstance(self.client, redis.RedisCluster):
-                nodes = self.client.get_primaries()  # type: ignore[no-untyped-call]
-                return [n.redis_connection.execute_command(*cmd.command) for n in nodes]
-            return [self.client.execute_command(*cmd.command)]  # type: ignore[no-untyped-call]
         if isinstance(cmd, Eval):
             try:
                 return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
@@ -79,6 +74,11 @@ class SyncDriver:
                 # after a failover or a SCRIPT FLUSH, as scripts are cached per node.
                 self.client.script_load(cmd.script.source)
                 return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+        if isinstance(cmd, OnEachPrimary):
+            if isinstance(self.client, redis.RedisCluster):
+                nodes = self.client.get_primaries()  # type: ignore[no-untyped-call]
+                return [n.redis_connection.execute_command(*cmd.command) for n in nodes]
+            return [self.client.execute_command(*cmd.command)]  # type: ignore[no-untyped-call]
         if len(cmd.commands) == 1:
             return [self.client.execute_command(*cmd.commands[0])]  # type: ignore[no-untyped-call]
         pipe = self.client.pipeline(transaction=False)
@@ -126,17 +126,17 @@ class AsyncDriver:
     async def _execute(self, cmd: Cmd) -> Reply:
         if isinstance(cmd, Scan):
             return await self._scan(cmd)
-        if isinstance(cmd, OnEachPrimary):
-            if isinstance(self.client, redis.asyncio.RedisCluster):
-                nodes = self.client.get_primaries()
-                return await asyncio.gather(*(n.execute_command(*cmd.command) for n in nodes))
-            return [await self.client.execute_command(*cmd.command)]  # type: ignore[no-untyped-call]
         if isinstance(cmd, Eval):
             try:
                 return await self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
             except NoScriptError:
                 await self.client.script_load(cmd.script.source)
                 return await self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+        if isinstance(cmd, OnEachPrimary):
+            if isinstance(self.client, redis.asyncio.RedisCluster):
+                nodes = self.client.get_primaries()
+                return await asyncio.gather(*(n.execute_command(*cmd.command) for n in nodes))
+            return [await self.client.execute_command(*cmd.command)]  # type: ignore[no-untyped-call]
         if len(cmd.commands) == 1:
             return [await self.client.execute_command(*cmd.commands[0])]
         pipe = self.client.pipeline(transaction=False)
