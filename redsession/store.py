@@ -202,11 +202,13 @@ class Store:
         score skips no member of it.
         """
         lo = "-inf" if after is None else f"({after}"
-        (flat,) = yield Batch(
-            (("ZRANGE", key, lo, "+inf", "BYSCORE", "LIMIT", 0, count, "WITHSCORES"),)
-        )
-        pairs = raw_pairs(flat)
-        rows = yield from scored(key, pairs)
+        page = ("ZRANGE", key, lo, "+inf", "BYSCORE", "LIMIT", 0, count, "WITHSCORES")
+        while True:
+            (flat,) = yield Batch((page,))
+            pairs = raw_pairs(flat)
+            rows = yield from scored(key, pairs)
+            if rows or not pairs:
+                break  # a page of junk members only: they are gone now, so read it again
         if len(pairs) == count:  # the last score's group may go on past the page
             last = int_score(pairs[-1][1])
             (ties,) = yield Batch((("ZRANGE", key, last, last, "BYSCORE", "WITHSCORES"),))

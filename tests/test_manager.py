@@ -464,7 +464,7 @@ def test_iteration_over_a_group_of_equal_scores_larger_than_a_page(
 
 
 def test_index_members_that_are_not_utf8_are_removed_where_met(
-    manager: SessionManager, tmp_path: Path
+    manager: SessionManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Only someone writing to our keys directly can put them there; they must not stop the
     # listings, the dump, cleanup, stats or repair (each raised UnicodeDecodeError).
@@ -485,6 +485,8 @@ def test_index_members_that_are_not_utf8_are_removed_where_met(
     scanned = indexes[:4]  # the walks and repair meet them too (the dump reads P:dirty)
     for key in scanned:
         c.zadd(key, {junk: 1})
+    monkeypatch.setattr("redsession.index_walk.PAGE", 2)  # a first page of junk only
+    c.zadd(k.sessions, {b"\xfe": 2, b"\xfe\xff": 3})
     assert list(manager.iter_session_ids()) == [sid]
     manager.repair_indexes()
     for key in scanned:
