@@ -22,16 +22,14 @@ from redsession.commands import Arg, Cmd, Eval, OnEachPrimary, Op, Scan, T
 from redsession.errors import CorruptData, StorageError, StorageUnavailable
 
 
-def _storage_error(e: RedisError) -> StorageError:
+def _error(e: RedisError | UnicodeDecodeError) -> StorageError | CorruptData:
+    if isinstance(e, UnicodeDecodeError):
+        # Only someone writing to our keys directly puts such bytes there; the reply may have
+        # been decoded by redis-py (a decode_responses client) or by the operation.
+        return CorruptData(f"Redis holds bytes that are not UTF-8 where redsession keeps text: {e}")
     if isinstance(e, (RedisConnectionError, RedisTimeoutError)):
         return StorageUnavailable(f"Redis is unavailable: {e}")
     return StorageError(f"Redis refused the command: {e}")
-
-
-def _not_text(e: UnicodeDecodeError) -> CorruptData:
-    # Only someone writing to our keys directly puts such bytes there; the reply may have
-    # been decoded by redis-py (a decode_responses client) or by the operation.
-    return CorruptData(f"Redis holds bytes that are not UTF-8 where redsession keeps text: {e}")
 
 
 @functools.cache
@@ -58,10 +56,8 @@ class SyncDriver:
         except StopIteration as stop:
             result: T = stop.value
             return result
-        except RedisError as e:
-            raise _storage_error(e) from e
-        except UnicodeDecodeError as e:
-            raise _not_text(e) from e
+        except (RedisError, UnicodeDecodeError) as e:
+            raise _error(e) from e
 
     def _execute(self, cmd: Cmd) -> Reply:
         if isinstance(cmd, Scan):
@@ -118,10 +114,8 @@ class AsyncDriver:
         except StopIteration as stop:
             result: T = stop.value
             return result
-        except RedisError as e:
-            raise _storage_error(e) from e
-        except UnicodeDecodeError as e:
-            raise _not_text(e) from e
+        except (RedisError, UnicodeDecodeError) as e:
+            raise _error(e) from e
 
     async def _execute(self, cmd: Cmd) -> Reply:
         if isinstance(cmd, Scan):
