@@ -153,28 +153,11 @@ class LangChain(Impl):
             pipe.execute()
 
     def sync(self, ds: Dataset) -> dict[str, SyncFn]:
-        RedisChatMessageHistory = _langchain_history()
-        messages = importlib.import_module("langchain_core.messages")
-        AIMessage, HumanMessage = messages.AIMessage, messages.HumanMessage
-
-        # The library builds a client per history object (connecting lazily); sharing one
-        # keeps the connection count sane without changing the commands it sends.
-        shared = redis.Redis.from_url(ds.url)
-        histories: dict[str, Any] = {}
+        history, turn, _ = _langchain_histories(ds)
         log, read = ds.log, ds.read
 
-        def history(sid: str) -> Any:
-            h = histories.get(sid)
-            if h is None:
-                h = histories[sid] = RedisChatMessageHistory(sid, url=ds.url, ttl=TTL_S)
-                h.redis_client = shared  # one pool per process, not one per session
-            return h
-
         def log_interaction(i: int) -> object:
-            history(log[i % len(log)][0]).add_messages(
-                [HumanMessage(content=data.USER_MESSAGE),
-                 AIMessage(content=data.ASSISTANT_RESPONSE)]
-            )  # fmt: skip
+            history(log[i % len(log)][0]).add_messages(list(turn))
             return None
 
         def resume(i: int) -> object:
@@ -184,26 +167,11 @@ class LangChain(Impl):
 
     async def aio(self, ds: Dataset) -> tuple[dict[str, AsyncFn], Callable[[], Awaitable[None]]]:
         # The class has no native asyncio I/O: its async methods run the sync ones in a thread.
-        RedisChatMessageHistory = _langchain_history()
-        messages = importlib.import_module("langchain_core.messages")
-        AIMessage, HumanMessage = messages.AIMessage, messages.HumanMessage
-
-        shared = redis.Redis.from_url(ds.url)
-        histories: dict[str, Any] = {}
+        history, turn, shared = _langchain_histories(ds)
         log, read = ds.log, ds.read
 
-        def history(sid: str) -> Any:
-            h = histories.get(sid)
-            if h is None:
-                h = histories[sid] = RedisChatMessageHistory(sid, url=ds.url, ttl=TTL_S)
-                h.redis_client = shared  # one pool per process, not one per session
-            return h
-
         async def log_interaction(i: int) -> object:
-            await history(log[i % len(log)][0]).aadd_messages(
-                [HumanMessage(content=data.USER_MESSAGE),
-                 AIMessage(content=data.ASSISTANT_RESPONSE)]
-            )  # fmt: skip
+            await history(log[i % len(log)][0]).aadd_messages(list(turn))
             return None
 
         async def resume(i: int) -> object:
@@ -214,6 +182,29 @@ class LangChain(Impl):
             shared.close()
 
         return {"log_interaction": log_interaction, "resume": resume}, close
+
+
+def _langchain_histories(ds: Dataset) -> tuple[Callable[[str], Any], list[Any], redis.Redis]:
+    """A history object per session id, all on one client; the two messages a turn adds."""
+    RedisChatMessageHistory = _langchain_history()
+    messages = importlib.import_module("langchain_core.messages")
+    turn = [
+        messages.HumanMessage(content=data.USER_MESSAGE),
+        messages.AIMessage(content=data.ASSISTANT_RESPONSE),
+    ]
+    # The library builds a client per history object (connecting lazily); sharing one
+    # keeps the connection count sane without changing the commands it sends.
+    shared = redis.Redis.from_url(ds.url)
+    histories: dict[str, Any] = {}
+
+    def history(sid: str) -> Any:
+        h = histories.get(sid)
+        if h is None:
+            h = histories[sid] = RedisChatMessageHistory(sid, url=ds.url, ttl=TTL_S)
+            h.redis_client = shared  # one pool per process, not one per session
+        return h
+
+    return history, turn, shared
 
 
 def _langchain_history() -> Any:
