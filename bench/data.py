@@ -9,8 +9,9 @@ from typing import Any
 
 import redis
 
-from redsession.commands import Eval
-from redsession.manager import SessionManager
+from redsession import SessionManager
+from redsession.core import transfer
+from redsession.storage.commands import Eval
 
 # A typical exchange with a chat assistant: a short question, a paragraph of answer.
 USER_MESSAGE = "How do I move my subscription to the annual plan without losing my credits? " * 2
@@ -70,7 +71,7 @@ def load(
     count = 0
     pending: list[tuple[Any, Eval]] = []
     for doc in docs:
-        op = manager.core.import_session_data(doc, True)
+        op = transfer.import_session_data(manager.core, doc, True)
         cmd = next(op)
         assert isinstance(cmd, Eval), "a single server imports in one script"
         pending.append((op, cmd))

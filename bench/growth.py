@@ -16,8 +16,8 @@ from bench.harness import Figure, time_sync
 from bench.ops import Dataset, Impl, Raw, Redsession
 from bench.peers import peers
 from bench.report import Table, fmt_rate, fmt_us
+from redsession import SessionManager
 from redsession.config import Settings
-from redsession.manager import SessionManager
 
 SESSIONS_PER_LENGTH = 10
 
@@ -102,8 +102,6 @@ def dump_cleanup(url: str, *, smoke: bool) -> list[Table]:
 
 
 def _one_size(url: str, total: int, repeats: int) -> tuple[float, float, int, int]:
-    from redsession.dump import dump_sessions
-
     one_pct = max(1, total // 100)
     with redis.Redis.from_url(url) as client, tempfile.TemporaryDirectory() as tmp:
         client.flushall()
@@ -127,9 +125,9 @@ def _one_size(url: str, total: int, repeats: int) -> tuple[float, float, int, in
                 sid, uid = sids[i]
                 if i not in expiring:
                     manager.log_interaction(sid, user_message="again", user_id=uid)
-            changed = len(manager.changed_sessions(10 * one_pct + 10))
+            changed = int(client.zcard(manager.keys.dirty))
             t0 = time.perf_counter()
-            dump_sessions(manager, Path(tmp))
+            manager.dump_sessions(Path(tmp))
             dumps.append((time.perf_counter() - t0) * 1000)
         time.sleep(max(0.0, loaded_at + ttl_s + 0.2 - time.monotonic()))
         t0 = time.perf_counter()

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from redsession.embedded import RedisServer
+from redsession.services.embedded import RedisServer
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ def machine() -> dict[str, str]:
     import pydantic
     import redis
 
-    from redsession.embedded import find_server_binary
+    from redsession.services.embedded import find_server_binary
 
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):

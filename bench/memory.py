@@ -10,8 +10,8 @@ import redis
 from bench import data
 from bench.peers import BLOB_PREFIX, _blob
 from bench.report import Table
+from redsession import SessionManager
 from redsession.config import Settings
-from redsession.manager import SessionManager
 
 INTERACTIONS = 20
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 PREAMBLE = """
 ## Method
 
-- The harness starts its own server (`redsession.embedded.RedisServer` in a temporary
+- The harness starts its own server (`redsession.services.embedded.RedisServer` in a temporary
   directory, AOF on, `appendfsync everysec`, the packaged redis.conf) and loads generated
   sessions through redsession's own import path. Each interaction is a ~150-character
   question, a ~460-character answer, three metadata fields and one topic.

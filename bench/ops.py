@@ -21,9 +21,9 @@ import redis.asyncio
 from redis._parsers import _AsyncRESP2Parser, _RESP2Parser
 
 from bench import data
+from redsession import AsyncSessionManager, SessionManager
 from redsession.config import Settings
-from redsession.keys import Keys
-from redsession.manager import AsyncSessionManager, SessionManager
+from redsession.storage.keys import Keys
 
 OPS = ("log_interaction", "resume", "list_active_sessions", "export")
 SyncFn = Callable[[int], object]
@@ -227,8 +227,9 @@ class _RawCommon:
         self.keys = k = Keys(s.key_prefix)
         self.ttl_us = int(s.session_ttl.total_seconds() * 1_000_000)
         self.prefs_ms = int(s.preferences_ttl.total_seconds() * 1000)
-        self.user_parts = k.user_key_parts()
-        self.hash_head, _, self.hash_tail = k.session("\x00").partition("\x00")
+        us, up = k.user_sessions_family, k.user_prefs_family
+        self.user_parts = (us.head, us.tail, up.tail)
+        self.hash_head, self.hash_tail = k.session_family.head, k.session_family.tail
         self.indexes = (k.sessions, k.users, k.expiry, k.dirty)
         self.sha = {name: _sha(src) for name, src in _SCRIPTS.items()}
 

@@ -14,8 +14,8 @@ from bench import data
 from bench.harness import Budget, Figure, Processes, Run, process_loop, time_async, time_sync
 from bench.ops import OPS, Dataset, Impl, Raw, Redsession, RedsessionNoHiredis, SyncFn
 from bench.peers import peers
+from redsession import SessionManager
 from redsession.config import Settings
-from redsession.manager import SessionManager
 
 log = logging.getLogger(__name__)
 SETUPS = ("sync", "asyncio", "processes")

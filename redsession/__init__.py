@@ -1,5 +1,6 @@
 """redsession, a Redis-backed, distributed session store for conversational assistants."""
 
+from redsession.async_manager import AsyncSessionManager
 from redsession.config import Settings
 from redsession.errors import (
     ConcurrentModification,
@@ -16,8 +17,8 @@ from redsession.errors import (
     StorageError,
     StorageUnavailable,
 )
-from redsession.manager import AsyncSessionManager, SessionManager
-from redsession.models import (
+from redsession.manager import SessionManager
+from redsession.model.models import (
     Interaction,
     Session,
     SessionExport,
@@ -27,6 +28,7 @@ from redsession.models import (
     StoreStats,
 )
 
+# The one place the version is written; pyproject.toml reads it from here.
 __version__ = "0.1.0"
 
 __all__ = [

@@ -14,7 +14,8 @@ import pytest
 import redis
 
 from redsession import AsyncSessionManager, SessionManager
-from redsession.embedded import RedisServer
+from redsession.services.embedded import RedisServer
+from redsession.storage.commands import Cmd, Eval, Script
 
 ServerFactory = Callable[..., RedisServer]
 
@@ -96,3 +97,36 @@ async def amanager(redis_url: str) -> AsyncIterator[AsyncSessionManager]:
     m = AsyncSessionManager.from_url(redis_url)
     yield m
     await m.close()
+
+
+def dirty_ids(m: SessionManager) -> list[str]:
+    """The sessions the next dump has to write or remove (the dirty index), oldest first."""
+    return [k.decode() for k in m.client.zrange(m.keys.dirty, 0, -1)]
+
+
+def after_each_command(
+    monkeypatch: pytest.MonkeyPatch, m: SessionManager, hook: Callable[[Cmd], None]
+) -> None:
+    """Call ``hook(cmd)`` after each command ``m`` runs, in the middle of its operation.
+
+    For races: the hook may use ``m`` itself (its own commands do not call the hook again).
+    """
+    execute = m._driver._execute
+    busy = [False]
+
+    def wrapped(cmd: Cmd) -> Any:
+        reply = execute(cmd)
+        if not busy[0]:
+            busy[0] = True
+            try:
+                hook(cmd)
+            finally:
+                busy[0] = False
+        return reply
+
+    monkeypatch.setattr(m._driver, "_execute", wrapped)
+
+
+def is_script(cmd: Cmd, script: Script, key: str | None = None) -> bool:
+    """Whether ``cmd`` runs ``script`` (on ``key``, its first key, if given)."""
+    return isinstance(cmd, Eval) and cmd.script is script and (key is None or cmd.keys[0] == key)

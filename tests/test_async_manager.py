@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import pytest
 
@@ -10,6 +11,7 @@ from redsession import (
     AsyncSessionManager,
     InvalidSessionId,
     PermissionDenied,
+    SessionManager,
     SessionMerged,
     SessionNotFound,
     StorageUnavailable,
@@ -86,7 +88,7 @@ async def test_outage_is_storage_unavailable(server_factory: ServerFactory) -> N
 async def test_async_iteration_visits_each_once(
     amanager: AsyncSessionManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("redsession.index_walk.PAGE", 2)
+    monkeypatch.setattr("redsession.storage.walk.PAGE", 2)
     ids = [(await amanager.create_session("alice")).session_id for _ in range(5)]
     seen: list[str] = []
     async for sid in amanager.iter_session_ids("alice"):
@@ -95,3 +97,29 @@ async def test_async_iteration_visits_each_once(
         if rest:
             await amanager.log_interaction(rest[0], user_message="touched")
     assert sorted(seen) == sorted(ids)
+
+
+def _public(cls: type) -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(fn)
+        for name, fn in inspect.getmembers(cls, callable)
+        if not name.startswith("_")
+    }
+
+
+def test_both_managers_have_the_same_methods_and_signatures() -> None:
+    """Every operation exists on both, with the same parameters (the async one a coroutine,
+    or an async iterator where the sync one is an iterator)."""
+    sync, aio = _public(SessionManager), _public(AsyncSessionManager)
+    assert set(sync) == set(aio)
+    for name, sig in sync.items():
+        a = aio[name]
+        assert list(a.parameters.values()) == list(sig.parameters.values()), name
+        if name in ("from_url", "run"):
+            continue
+        fn = getattr(AsyncSessionManager, name)
+        assert inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn), name
+        if inspect.isasyncgenfunction(fn):
+            assert sig.return_annotation.startswith("Iterator["), name
+        else:
+            assert a.return_annotation == sig.return_annotation, name

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from redsession.backup import (
+from redsession.maintenance.backup import (
     archive_name,
     archive_time,
     list_backups,

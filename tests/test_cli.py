@@ -22,13 +22,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rich.console import Console
 
-from redsession import dump as dump_module
+from redsession import SessionManager
 from redsession.cli import cli
 from redsession.cli import errors as cli_errors
 from redsession.cli import output as cli_output
 from redsession.cli import sessions as cli_sessions
 from redsession.config import Settings
-from redsession.dump import DumpReport, sessions_dir
 from redsession.errors import (
     ConcurrentModification,
     ConfigError,
@@ -42,8 +41,8 @@ from redsession.errors import (
     StorageError,
     StorageUnavailable,
 )
-from redsession.manager import SessionManager
-from redsession.models import SessionExport, utcnow
+from redsession.maintenance.snapshots import DumpReport, sessions_dir
+from redsession.model.models import SessionExport, utcnow
 
 SUBPROCESS_TIMEOUT = 60
 
@@ -241,16 +240,16 @@ def test_failed_export_leaves_no_partial_file(
     out = tmp_path / "out" / "all.jsonl"
     out.parent.mkdir()
     out.write_bytes(b"the previous export\n")
-    real = SessionManager.export_session_data
+    real = SessionManager.export_session
     calls = []
 
-    def flaky(self: SessionManager, sid: str, **kw: Any) -> dict[str, Any]:
+    def flaky(self: SessionManager, sid: str, **kw: Any) -> SessionExport:
         calls.append(sid)
         if len(calls) == 2:
             raise StorageUnavailable("Redis is unavailable: connection reset")
         return real(self, sid, **kw)
 
-    monkeypatch.setattr(SessionManager, "export_session_data", flaky)
+    monkeypatch.setattr(SessionManager, "export_session", flaky)
     line = _one_line_error(invoke("export", "--all", "-o", str(out)), 5)
     assert "--redis-url" in line
     assert out.read_bytes() == b"the previous export\n"
@@ -487,7 +486,7 @@ def test_dump_failures_exit_1(invoke: Any, monkeypatch: pytest.MonkeyPatch) -> N
     def failing(*args: Any, **kwargs: Any) -> DumpReport:
         return DumpReport(written=2, removed=0, failed=1)
 
-    monkeypatch.setattr(dump_module, "dump_sessions", failing)
+    monkeypatch.setattr(SessionManager, "dump_sessions", failing)
     result = invoke("dump")
     assert result.exit_code == 1
     assert "1 session(s) could not be dumped" in result.stderr
@@ -606,7 +605,7 @@ def test_worker_check(invoke: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         seen.append(settings)
         return True
 
-    monkeypatch.setattr("redsession.worker.check_worker", alive)
+    monkeypatch.setattr("redsession.services.worker.check_worker", alive)
     result = invoke("--json", "worker", "--check")
     assert result.exit_code == 0
     assert orjson.loads(result.stdout) == {"alive": True}
@@ -616,20 +615,23 @@ def test_worker_check(invoke: Any, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_worker_runs_and_passes_on_its_exit_code(
     invoke: Any, redis_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: list[Settings] = []
+    seen: list[tuple[Settings, bool]] = []
 
-    def run(settings: Settings) -> int:
-        seen.append(settings)
+    def run(settings: Settings, *, restore: bool) -> int:
+        seen.append((settings, restore))
         return 7
 
-    monkeypatch.setattr("redsession.worker.run_worker", run)
+    monkeypatch.setattr("redsession.services.worker.run_worker", run)
     assert invoke("worker").exit_code == 7
-    assert (seen[0].redis_url, seen[0].data_dir) == (redis_url, data_dir)
+    assert (seen[0][0].redis_url, seen[0][0].data_dir) == (redis_url, data_dir)
+    assert seen[0][1]  # restores on first leading unless told not to
+    assert invoke("worker", "--no-restore").exit_code == 7
+    assert not seen[1][1]
 
 
 def test_mcp_passes_its_options(invoke: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[Any, ...]] = []
-    monkeypatch.setattr("redsession.mcp_server.run_mcp", lambda *a: calls.append(a))
+    monkeypatch.setattr("redsession.services.mcp_server.run_mcp", lambda *a: calls.append(a))
     assert invoke("mcp").exit_code == 0
     assert invoke("mcp", "--transport", "http", "--host", "0.0.0.0", "--port", "9").exit_code == 0
     assert [c[1:] for c in calls] == [("stdio",), ("http", "0.0.0.0", 9)]
@@ -644,7 +646,7 @@ def test_up_passes_its_options(invoke: Any, monkeypatch: pytest.MonkeyPatch) -> 
         calls.append(mcp_port)
         return 0
 
-    monkeypatch.setattr("redsession.up.run_up", run)
+    monkeypatch.setattr("redsession.services.up.run_up", run)
     assert invoke("up").exit_code == 0
     assert invoke("up", "--mcp-port", "8999").exit_code == 0
     assert calls == [None, 8999]
@@ -739,7 +741,7 @@ def _wait_until(condition: Callable[[], bool], proc: subprocess.Popen[bytes]) ->
 def test_worker_subprocess_beats_and_stops_cleanly_on_sigterm(
     redis_url: str, data_dir: Path
 ) -> None:
-    from redsession.worker import check_worker
+    from redsession.services.worker import check_worker
 
     settings = Settings(redis_url=redis_url, data_dir=data_dir)
     proc = _spawn("--redis-url", redis_url, "--data-dir", str(data_dir), "worker")

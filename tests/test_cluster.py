@@ -13,13 +13,12 @@ import pytest
 import redis
 
 from redsession import SessionManager, SessionMerged, StorageError, StorageUnavailable
-from redsession.commands import Batch, Cmd, Eval
 from redsession.config import Settings
-from redsession.connection import async_client, sync_client
-from redsession.drivers import SyncDriver
-from redsession.keys import Keys, expiry_member
-from redsession.models import to_us
-from redsession.repair import RepairReport, arepair_indexes, repair_indexes, repair_op
+from redsession.maintenance.repair import RepairReport
+from redsession.storage.commands import Batch, Cmd, Eval
+from redsession.storage.connection import async_client, sync_client
+from redsession.storage.drivers import SyncDriver
+from redsession.storage.keys import Keys, expiry_member
 from tests.topology import Cluster, async_cluster_manager, cluster_manager, redis_cluster
 
 __all__ = ["redis_cluster"]  # the session-scoped fixture, imported for pytest to find
@@ -187,7 +186,7 @@ def test_lost_index_step_is_repaired(
     assert m.get_session("orphan").user_id == "alice"
     assert [s.session_id for s in m.list_active_sessions("alice").sessions] == [kept]
 
-    report = repair_indexes(m)
+    report = m.repair_indexes()
     assert report == RepairReport(sessions=2, added=3, removed=0, users_removed=0)  # not users
     assert sorted(s.session_id for s in m.list_active_sessions("alice").sessions) == sorted(
         [kept, "orphan"]
@@ -210,7 +209,7 @@ def test_repair_drops_entries_of_gone_and_reowned_sessions(
     client.zadd(K.users, {"mallory": 1})
     client.zrem(K.dirty, gone)
 
-    report = repair_indexes(m)
+    report = m.repair_indexes()
     assert report.sessions == 1
     assert report.removed == 5  # gone: sessions, expiry, bob's index; live: 2 stale owner entries
     assert report.users_removed == 2  # bob and mallory have no session left
@@ -230,7 +229,7 @@ def test_repair_scans_every_primary_in_pages(
     client.delete(K.sessions, K.users, K.expiry)
     for i in range(7):
         client.delete(K.user_sessions(f"u{i}"))
-    report = m._driver.run(repair_op(m.core.store, to_us(datetime.now(timezone.utc)), batch=10))
+    report = m.repair_indexes(batch=10)
     assert report.sessions == 120
     assert report.added == 120 * 3 + 7
     assert set(m.iter_session_ids()) == sids
@@ -314,7 +313,7 @@ async def test_async_manager_and_repair_on_the_cluster(cluster: Cluster) -> None
         assert merged.total_interactions == 2
         page = await m.list_active_sessions("alice")
         assert len(page.sessions) == 9
-        report = await arepair_indexes(m)
+        report = await m.repair_indexes()
         assert report == RepairReport(sessions=9, added=0, removed=0, users_removed=0)
     finally:
         await m.close()

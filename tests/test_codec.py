@@ -15,17 +15,16 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from redsession import SessionManager
-from redsession.codec import (
+from redsession.errors import CorruptData, DecryptionError
+from redsession.model.codec import (
     decode_interactions,
     encode_interaction,
     record_from_hash,
     session_from_hash,
     summary_from_row,
 )
-from redsession.crypto import Cipher
-from redsession.errors import CorruptData, DecryptionError
-from redsession.keys import Keys
-from redsession.models import (
+from redsession.model.crypto import Cipher
+from redsession.model.models import (
     Interaction,
     Session,
     SessionRecord,
@@ -34,6 +33,7 @@ from redsession.models import (
     to_us,
     trusted,
 )
+from redsession.storage.keys import Keys
 
 K = Keys()
 PLAIN = Cipher()

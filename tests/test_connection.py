@@ -1,4 +1,4 @@
-"""URL forms and client options (no transparent retries; timeouts) of redsession.connection."""
+"""URL forms and client options (no transparent retries; timeouts) of storage.connection."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import redis.sentinel
 
 from redsession import ConfigError, SessionManager, StorageUnavailable
 from redsession.config import Settings
-from redsession.connection import async_client, parse_url, sync_client
+from redsession.storage.connection import async_client, parse_url, sync_client
 from tests.topology import free_ports
 
 S = Settings()

@@ -10,11 +10,9 @@ import redis
 from cryptography.fernet import Fernet
 
 from redsession import SessionManager
-from redsession.crypto import Cipher
-from redsession.dump import dump_sessions, restore_sessions
 from redsession.errors import ConfigError, DecryptionError
-from redsession.keys import Keys
-from redsession.rotation import rotate_keys
+from redsession.model.crypto import Cipher
+from redsession.storage.keys import Keys
 
 MakeManager = Callable[..., SessionManager]
 K = Keys()
@@ -73,16 +71,16 @@ def test_content_is_sealed_in_redis_and_dumps(
     assert m.get_preferences("alice") == {"note": SECRET}
     doc = m.export_session_data(sid)  # exports are for their owner: plaintext
     assert doc["interactions"][0]["metadata"] == {"s": SECRET}
-    dump_sessions(m)
+    m.dump_sessions()
     files = list((tmp_path / "sessions").glob("*.json"))
     assert len(files) == 1
     assert SECRET.encode() not in files[0].read_bytes()
     redis_client.flushall()
-    assert restore_sessions(m).restored == 1
+    assert m.restore_sessions().restored == 1
     assert m.export_session_data(sid) == doc
     plain = make_manager(data_dir=tmp_path)
     with pytest.raises(DecryptionError):
-        restore_sessions(plain)
+        plain.restore_sessions()
 
 
 def test_wrong_or_missing_key_is_a_clear_error(make_manager: MakeManager) -> None:
@@ -107,28 +105,24 @@ def test_rotation_re_seals_everything_and_resumes(
 
     # Interrupted after two sessions: the next run finishes the job and skips those two.
     calls = 0
-    run = both.run
 
-    def dying(op):  # type: ignore[no-untyped-def]
+    def dying(n: int) -> None:  # progress: called once each session is done
         nonlocal calls
-        calls += 1
-        if calls > 2:
+        calls += n
+        if calls == 2:
             raise KeyboardInterrupt
-        return run(op)
 
-    monkeypatch.setattr(both, "run", dying)
     with pytest.raises(KeyboardInterrupt):
-        rotate_keys(both)
-    monkeypatch.undo()
-    report = rotate_keys(both)
+        both.rotate_keys(progress=dying)
+    report = both.rotate_keys()
     assert report.sessions_rotated == 3
     assert report.sessions_current == 2
     assert report.users_rotated == 1
-    again = rotate_keys(both)
+    again = both.rotate_keys()
     assert (again.sessions_rotated, again.users_rotated) == (0, 0)
     new_only = make_manager(encryption_keys=[K2])
     for sid in [plain_sid, *sids]:
         assert new_only.resume_session(sid, "alice").history[0].user_message == SECRET
     assert new_only.get_preferences("alice") == {"note": SECRET}
     with pytest.raises(ConfigError):
-        rotate_keys(make_manager())
+        make_manager().rotate_keys()

@@ -18,7 +18,7 @@ import redis
 import yaml
 
 from redsession.config import Settings
-from redsession.embedded import RedisServer, _die_with_parent_hook, find_server_binary
+from redsession.services.embedded import RedisServer, _die_with_parent_hook, find_server_binary
 from tests.topology import free_ports
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

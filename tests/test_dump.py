@@ -1,4 +1,4 @@
-"""Tests for redsession.dump: incremental crash-safe dumps, restore, and the quarantine."""
+"""Incremental crash-safe dumps (maintenance/snapshots.py), restore and the quarantine."""
 
 from __future__ import annotations
 
@@ -14,19 +14,16 @@ import orjson
 import pytest
 import redis
 
-from redsession import dump
+from redsession import SessionManager
 from redsession.config import Settings
-from redsession.dump import (
-    DumpReport,
-    RestoreReport,
-    dump_sessions,
-    remove_dump_files,
-    restore_sessions,
-    sessions_dir,
-)
-from redsession.errors import InvalidInput, InvalidSessionId, SessionMerged, SessionNotFound
-from redsession.manager import SessionManager
-from redsession.models import SessionExport, utcnow
+from redsession.errors import InvalidInput, SessionMerged, SessionNotFound
+from redsession.maintenance import restore
+from redsession.maintenance.restore import RestoreReport
+from redsession.maintenance.snapshots import DumpReport, remove_dump_files, sessions_dir
+from redsession.model.models import SessionExport, utcnow
+from redsession.storage import scripts
+from redsession.storage.commands import Batch, Cmd
+from tests.conftest import after_each_command, dirty_ids, is_script
 
 
 def _manager(url: str, data_dir: Path, **settings: Any) -> SessionManager:
@@ -85,7 +82,7 @@ def _tree(root: Path, exclude: Path) -> dict[str, bytes]:
 
 def test_dump_writes_each_session_as_its_export(manager: SessionManager, data_dir: Path) -> None:
     ids = _populate(manager, 12)
-    report = dump_sessions(manager)
+    report = manager.dump_sessions()
     assert report == DumpReport(written=12, removed=0, failed=0)
     folder = sessions_dir(data_dir)
     assert folder == data_dir / "sessions"
@@ -95,21 +92,21 @@ def test_dump_writes_each_session_as_its_export(manager: SessionManager, data_di
         # Conversations are personal: owner-only, like the folder.
         assert (folder / f"{sid}.json").stat().st_mode & 0o777 == 0o600
     assert folder.stat().st_mode & 0o777 == 0o700
-    assert manager.changed_sessions(100) == []
+    assert dirty_ids(manager) == []
 
 
 def test_dump_is_incremental(manager: SessionManager, data_dir: Path) -> None:
     ids = _populate(manager, 6)
-    dump_sessions(manager)
+    manager.dump_sessions()
     folder = sessions_dir(data_dir)
     first = _files(folder)
 
-    assert dump_sessions(manager) == DumpReport(written=0, removed=0, failed=0)
+    assert manager.dump_sessions() == DumpReport(written=0, removed=0, failed=0)
     assert _files(folder) == first
 
     manager.log_interaction(ids[2], user_message="again")
     manager.update_context(ids[4], {"k": "v"})
-    assert dump_sessions(manager) == DumpReport(written=2, removed=0, failed=0)
+    assert manager.dump_sessions() == DumpReport(written=2, removed=0, failed=0)
     after = _files(folder)
     changed = {name for name in first if after[name] != first[name]}
     assert changed == {f"{ids[2]}.json", f"{ids[4]}.json"}
@@ -117,7 +114,7 @@ def test_dump_is_incremental(manager: SessionManager, data_dir: Path) -> None:
     assert _read(folder, ids[4]).session.context["k"] == "v"
 
     manager.delete_session(ids[0])
-    assert dump_sessions(manager) == DumpReport(written=0, removed=1, failed=0)
+    assert manager.dump_sessions() == DumpReport(written=0, removed=1, failed=0)
     assert not (folder / f"{ids[0]}.json").exists()
     assert len(_files(folder)) == 5
 
@@ -126,9 +123,9 @@ def test_merge_removes_the_secondary_file_and_rewrites_the_primary(
     manager: SessionManager, data_dir: Path
 ) -> None:
     primary, secondary = _populate(manager, 2)
-    dump_sessions(manager)
+    manager.dump_sessions()
     manager.merge_sessions(primary, secondary, allow_cross_user=True)
-    assert dump_sessions(manager) == DumpReport(written=1, removed=1, failed=0)
+    assert manager.dump_sessions() == DumpReport(written=1, removed=1, failed=0)
     folder = sessions_dir(data_dir)
     assert sorted(_files(folder)) == [f"{primary}.json"]
     assert _read(folder, primary).session.total_interactions == 4
@@ -137,14 +134,16 @@ def test_merge_removes_the_secondary_file_and_rewrites_the_primary(
 def test_expired_session_file_is_removed_after_cleanup(redis_url: str, data_dir: Path) -> None:
     with _manager(redis_url, data_dir, session_ttl=timedelta(seconds=2)) as m:
         (sid,) = _populate(m, 1, interactions=0)
-        assert dump_sessions(m).written == 1
+        assert m.dump_sessions().written == 1
         deadline = time.monotonic() + 10
         while m.client.exists(m.keys.session(sid)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        # Redis expired the keys on its own; only cleanup knows, and marks it for the dump.
-        assert m.changed_sessions(10) == []
-        assert m.cleanup_expired_sessions() == 1
-        assert dump_sessions(m) == DumpReport(written=0, removed=1, failed=0)
+        # Redis expired the keys on its own; only cleanup knows: it forgets the session in
+        # the indexes, then deletes its dump file (the dump then has nothing left to do).
+        assert dirty_ids(m) == []
+        report = m.cleanup()
+        assert (report.sessions, report.session_ids, report.dump_files_removed) == (1, [sid], 1)
+        assert m.dump_sessions() == DumpReport(written=0, removed=0, failed=0)
         assert _files(sessions_dir(data_dir)) == {}
 
 
@@ -153,15 +152,14 @@ def test_dump_streams_in_batches(
 ) -> None:
     ids = _populate(manager, 23, interactions=0)
     asked: list[int] = []
-    real = manager.changed_sessions
 
-    def spy(count: int) -> list[tuple[str, int]]:
-        asked.append(count)
-        return real(count)
+    def spy(cmd: Cmd) -> None:  # each read of the dirty index: how many ids it asked for
+        if isinstance(cmd, Batch) and cmd.commands[0][:2] == ("ZRANGE", manager.keys.dirty):
+            asked.append(int(cmd.commands[0][3]) + 1)
 
-    monkeypatch.setattr(manager, "changed_sessions", spy)
+    after_each_command(monkeypatch, manager, spy)
     seen: list[int] = []
-    report = dump_sessions(manager, batch=5, progress=seen.append)
+    report = manager.dump_sessions(batch=5, progress=seen.append)
     assert report.written == 23
     assert max(asked) == 5  # never more than one batch of ids in hand
     assert len(asked) == 5
@@ -173,19 +171,17 @@ def test_changes_during_a_dump_wait_for_the_next(
     manager: SessionManager, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = _populate(manager, 4, interactions=0)
-    real = manager.export_session
+    def touch_after_export(cmd: Cmd) -> None:
+        if is_script(cmd, scripts.FETCH):  # the dump read one whole session
+            sid = manager.keys.session_family.ident(cmd.keys[0])
+            manager.log_interaction(sid, user_message="written while dumping")
 
-    def export_and_touch(sid: str, **kw: Any) -> SessionExport:
-        doc = real(sid, **kw)
-        manager.log_interaction(sid, user_message="written while dumping")
-        return doc
-
-    monkeypatch.setattr(manager, "export_session", export_and_touch)
+    after_each_command(monkeypatch, manager, touch_after_export)
     # It ends, although every session changed again while it ran.
-    assert dump_sessions(manager, batch=1).written == 4
+    assert manager.dump_sessions(batch=1).written == 4
     monkeypatch.undo()
-    assert sorted(s for s, _ in manager.changed_sessions(10)) == sorted(ids)
-    assert dump_sessions(manager).written == 4
+    assert sorted(dirty_ids(manager)) == sorted(ids)
+    assert manager.dump_sessions().written == 4
     for sid in ids:
         assert _read(sessions_dir(data_dir), sid).session.total_interactions == 1
 
@@ -195,42 +191,42 @@ def test_a_session_that_cannot_be_exported_stays_marked(
 ) -> None:
     good, bad = _populate(manager, 2)
     manager.client.hset(manager.keys.session(bad), "created_at", "not a number")
-    with caplog.at_level(logging.WARNING, logger="redsession.dump"):
-        report = dump_sessions(manager, batch=1)
+    with caplog.at_level(logging.WARNING, logger="redsession.maintenance"):
+        report = manager.dump_sessions(batch=1)
     assert report == DumpReport(written=1, removed=0, failed=1)
     assert bad in caplog.text
-    assert [s for s, _ in manager.changed_sessions(10)] == [bad]
+    assert dirty_ids(manager) == [bad]
     assert sorted(_files(sessions_dir(data_dir))) == [f"{good}.json"]
 
 
 def test_invalid_id_in_the_dirty_index_is_dropped(manager: SessionManager, data_dir: Path) -> None:
     manager.client.zadd(manager.keys.dirty, {"../../escape": 1})
-    assert dump_sessions(manager) == DumpReport(written=0, removed=0, failed=0)
-    assert manager.changed_sessions(10) == []
+    assert manager.dump_sessions() == DumpReport(written=0, removed=0, failed=0)
+    assert dirty_ids(manager) == []
     assert not (data_dir.parent / "escape.json").exists()
     assert _files(sessions_dir(data_dir)) == {}
 
 
 def test_dump_leaves_no_temp_files(manager: SessionManager, data_dir: Path) -> None:
     _populate(manager, 5)
-    dump_sessions(manager)
+    manager.dump_sessions()
     assert all(name.endswith(".json") for name in os.listdir(sessions_dir(data_dir)))
 
 
 def test_bad_batch(manager: SessionManager) -> None:
     with pytest.raises(InvalidInput, match="batch"):
-        dump_sessions(manager, batch=0)
+        manager.dump_sessions(batch=0)
 
 
 def test_remove_dump_files(manager: SessionManager, data_dir: Path) -> None:
     ids = _populate(manager, 3, interactions=0)
-    dump_sessions(manager)
+    manager.dump_sessions()
     assert remove_dump_files(data_dir, [ids[0], ids[1], "never-dumped"]) == 2
     assert sorted(_files(sessions_dir(data_dir))) == [f"{ids[2]}.json"]
     outside = data_dir / "victim.json"
     outside.write_text("{}")
-    with pytest.raises(InvalidSessionId):
-        remove_dump_files(data_dir, ["../victim"])
+    # Not a session id: it names no dump file, and nothing outside the folder is touched.
+    assert remove_dump_files(data_dir, ["../victim", "a/../../victim"]) == 0
     assert outside.exists()
 
 
@@ -244,10 +240,10 @@ def test_dump_flushall_restore_gives_identical_exports(
     manager.set_preferences("user0", {"lang": "fr"})
     before = {sid: manager.export_session(sid) for sid in ids}
     ttls = {sid: manager.client.pttl(manager.keys.session(sid)) for sid in ids}
-    dump_sessions(manager)
+    manager.dump_sessions()
     manager.client.flushall()
     seen: list[int] = []
-    report = restore_sessions(manager, progress=seen.append)
+    report = manager.restore_sessions(progress=seen.append)
     assert report == RestoreReport(restored=20, replaced=0, skipped=0, expired=0, quarantined=0)
     assert sum(seen) == 20
     for sid in ids:
@@ -261,12 +257,12 @@ def test_dump_flushall_restore_gives_identical_exports(
     assert listed == set(ids)
     # Restored sessions are live again: writes work and the next dump picks them up.
     manager.log_interaction(ids[0], user_message="after restore")
-    assert dump_sessions(manager).written == 20
+    assert manager.dump_sessions().written == 20
 
 
 def test_restore_replaces_only_older_live_sessions(manager: SessionManager, data_dir: Path) -> None:
     older_live, newer_live = _populate(manager, 2, interactions=1)
-    dump_sessions(manager)
+    manager.dump_sessions()
     disk = _read(sessions_dir(data_dir), older_live)
     # The live copy of one falls behind the disk (Redis restored from an old backup, say)...
     stale = disk.model_copy(
@@ -284,11 +280,11 @@ def test_restore_replaces_only_older_live_sessions(manager: SessionManager, data
     # ...while the other moved on after the dump.
     manager.log_interaction(newer_live, user_message="newer than the dump")
 
-    report = restore_sessions(manager, overwrite_older=False)
+    report = manager.restore_sessions(overwrite_older=False)
     assert report == RestoreReport(restored=0, replaced=0, skipped=2, expired=0, quarantined=0)
     assert manager.get_session(older_live).total_interactions == 0
 
-    report = restore_sessions(manager)
+    report = manager.restore_sessions()
     assert report == RestoreReport(restored=0, replaced=1, skipped=1, expired=0, quarantined=0)
     assert manager.export_session(older_live) == disk
     assert manager.get_session(newer_live).total_interactions == 2
@@ -299,24 +295,24 @@ def test_restore_never_overwrites_a_change_made_while_it_compared(
     manager: SessionManager, data_dir: Path, monkeypatch: pytest.MonkeyPatch, race: str
 ) -> None:
     (sid,) = _populate(manager, 1, interactions=1)
-    dump_sessions(manager)
+    manager.dump_sessions()
     disk = _read(sessions_dir(data_dir), sid)
     older = disk.session.model_copy(
         update={"last_activity": disk.session.last_activity - timedelta(hours=1)}
     )
     manager.import_session_data(disk.model_copy(update={"session": older}), overwrite=True)
-    real = manager.get_session
+    raced = []
 
-    def get_then_race(session_id: str, **kw: Any) -> Any:
-        live = real(session_id, **kw)
-        if race == "write":
-            manager.log_interaction(sid, user_message="lands between compare and replace")
-        else:
-            manager.delete_session(sid)
-        return live
+    def race_after_the_read(cmd: Cmd) -> None:  # restore read the live session to compare
+        if not raced and is_script(cmd, scripts.FETCH, manager.keys.session(sid)):
+            raced.append(cmd)
+            if race == "write":
+                manager.log_interaction(sid, user_message="lands between compare and replace")
+            else:
+                manager.delete_session(sid)
 
-    monkeypatch.setattr(manager, "get_session", get_then_race)
-    report = restore_sessions(manager)
+    after_each_command(monkeypatch, manager, race_after_the_read)
+    report = manager.restore_sessions()
     monkeypatch.undo()
     assert report == RestoreReport(restored=0, replaced=0, skipped=1, expired=0, quarantined=0)
     if race == "write":
@@ -330,11 +326,11 @@ def test_restore_does_not_resurrect_deleted_or_merged_sessions(
     manager: SessionManager, data_dir: Path
 ) -> None:
     deleted, primary, secondary, kept = _populate(manager, 4, interactions=1)
-    dump_sessions(manager)
+    manager.dump_sessions()
     folder = sessions_dir(data_dir)
     manager.delete_session(deleted)
     manager.merge_sessions(primary, secondary, allow_cross_user=True)
-    report = restore_sessions(manager)
+    report = manager.restore_sessions()
     assert report == RestoreReport(restored=0, replaced=0, skipped=4, expired=0, quarantined=0)
     with pytest.raises(SessionNotFound, match="deleted"):
         manager.get_session(deleted)
@@ -349,14 +345,14 @@ def test_restore_does_not_resurrect_deleted_or_merged_sessions(
 
 def test_restore_skips_and_removes_expired_files(manager: SessionManager, data_dir: Path) -> None:
     live, gone = _populate(manager, 2, interactions=1)
-    dump_sessions(manager)
+    manager.dump_sessions()
     folder = sessions_dir(data_dir)
     path = folder / f"{gone}.json"
     doc = orjson.loads(path.read_bytes())
     doc["expires_at"] = (utcnow() - timedelta(seconds=1)).isoformat()
     path.write_bytes(orjson.dumps(doc))
     manager.client.flushall()
-    report = restore_sessions(manager)
+    report = manager.restore_sessions()
     assert report == RestoreReport(restored=1, replaced=0, skipped=0, expired=1, quarantined=0)
     with pytest.raises(SessionNotFound):
         manager.get_session(gone)
@@ -400,7 +396,7 @@ def test_bad_files_are_quarantined_and_the_rest_restored(
     manager: SessionManager, data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     ids = _populate(manager, 5, interactions=2)
-    dump_sessions(manager)
+    manager.dump_sessions()
     folder = sessions_dir(data_dir)
     good_bytes = (folder / f"{ids[0]}.json").read_bytes()
     bad = _bad_documents(good_bytes)
@@ -414,8 +410,8 @@ def test_bad_files_are_quarantined_and_the_rest_restored(
     before_outside = _tree(tmp_path, exclude=data_dir)
     manager.client.flushall()
 
-    with caplog.at_level(logging.WARNING, logger="redsession.dump"):
-        report = restore_sessions(manager)
+    with caplog.at_level(logging.WARNING, logger="redsession.maintenance"):
+        report = manager.restore_sessions()
 
     assert report == RestoreReport(
         restored=5, replaced=0, skipped=0, expired=0, quarantined=len(names)
@@ -444,9 +440,9 @@ def test_quarantine_never_overwrites(manager: SessionManager, data_dir: Path) ->
     folder = sessions_dir(data_dir)
     folder.mkdir(parents=True)
     (folder / "broken.json").write_bytes(b"first")
-    assert restore_sessions(manager).quarantined == 1
+    assert manager.restore_sessions().quarantined == 1
     (folder / "broken.json").write_bytes(b"second")
-    assert restore_sessions(manager).quarantined == 1
+    assert manager.restore_sessions().quarantined == 1
     kept = sorted(os.listdir(folder / "quarantine"))
     assert kept[0] == "broken.json"
     assert len(kept) == 2
@@ -458,7 +454,7 @@ def test_restore_from_another_folder_only_reads_it(
     manager: SessionManager, data_dir: Path, tmp_path: Path
 ) -> None:
     ids = _populate(manager, 3, interactions=1)
-    dump_sessions(manager)
+    manager.dump_sessions()
     backup = tmp_path / "backup"
     backup.mkdir()
     for sid in ids:
@@ -468,7 +464,7 @@ def test_restore_from_another_folder_only_reads_it(
     manager.client.delete(manager.keys.tomb(ids[0]))  # as if the tombstone had expired
     manager.delete_session(ids[1])  # this one keeps its tombstone
     before = _tree(backup, exclude=data_dir)
-    report = restore_sessions(manager, backup)
+    report = manager.restore_sessions(backup)
     assert report == RestoreReport(restored=1, replaced=0, skipped=2, expired=0, quarantined=1)
     assert _tree(backup, exclude=data_dir) == before
     assert (sessions_dir(data_dir) / "quarantine" / "junk.json").read_bytes() == b"{"
@@ -478,24 +474,24 @@ def test_restore_from_another_folder_only_reads_it(
 
 def test_restore_with_nothing_to_restore(manager: SessionManager, tmp_path: Path) -> None:
     empty = RestoreReport(restored=0, replaced=0, skipped=0, expired=0, quarantined=0)
-    assert restore_sessions(manager) == empty  # first start: no sessions folder yet
+    assert manager.restore_sessions() == empty  # first start: no sessions folder yet
     with pytest.raises(InvalidInput, match="not a folder"):
-        restore_sessions(manager, tmp_path / "missing")
+        manager.restore_sessions(tmp_path / "missing")
 
 
 def test_restore_removes_only_stale_temp_files(manager: SessionManager, data_dir: Path) -> None:
     (sid,) = _populate(manager, 1)
-    dump_sessions(manager)
+    manager.dump_sessions()
     folder = sessions_dir(data_dir)
     stale = folder / f".{sid}.json.tmp-abc123"
     fresh = folder / f".{sid}.json.tmp-def456"
     stale.write_bytes(b'{"half": ')
     fresh.write_bytes(b'{"being written')
-    old = time.time() - dump.STALE_TMP_SECONDS - 5
+    old = time.time() - restore.STALE_TMP_SECONDS - 5
     os.utime(stale, (old, old))
     os.utime(folder / f"{sid}.json", (old, old))  # an old dump is never taken for a temp file
     manager.client.flushall()
-    report = restore_sessions(manager)
+    report = manager.restore_sessions()
     assert (report.restored, report.quarantined) == (1, 0)
     assert not stale.exists()
     assert fresh.exists()

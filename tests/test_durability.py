@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from redsession.dump import dump_sessions, restore_sessions, sessions_dir
-from redsession.embedded import RedisServer
+from redsession import SessionManager
+from redsession.core import transfer
 from redsession.errors import StorageError
-from redsession.manager import SessionManager
+from redsession.maintenance.snapshots import sessions_dir
+from redsession.services.embedded import RedisServer
 
 ServerFactory = Callable[..., RedisServer]
 WRITERS = 2
@@ -135,7 +136,7 @@ def _files_are_whole_dumps(m: SessionManager, folder: Path) -> int:
     temps = 0
     for entry in os.scandir(folder):
         if entry.name.endswith(".json"):
-            doc = m.core.parse_export(Path(entry.path).read_bytes())
+            doc = transfer.parse_export(m.core, Path(entry.path).read_bytes())
             assert f"{doc.session.session_id}.json" == entry.name
         else:
             assert entry.name.startswith(".")
@@ -149,7 +150,7 @@ def _dump_forever(url: str, data_dir: Path, sids: list[str]) -> None:
     with _manager(url, data_dir) as m:
         while True:
             m.client.zadd(m.keys.dirty, dict.fromkeys(sids, 0))
-            dump_sessions(m, batch=50)
+            m.dump_sessions(batch=50)
 
 
 @contextlib.contextmanager
@@ -182,7 +183,7 @@ def test_kill_9_of_the_dumper_never_leaves_a_partial_file(redis_url: str, tmp_pa
             for j in range(n % 4):  # files of different sizes
                 m.log_interaction(sid, user_message="x" * rng.randrange(10, 20_000) + str(j))
             sids.append(sid)
-        dump_sessions(m)  # a first complete set, so every kill lands on a rewrite
+        m.dump_sessions()  # a first complete set, so every kill lands on a rewrite
         folder = sessions_dir(data_dir)
         rounds_with_temps = 0
         for _ in range(60):
@@ -197,10 +198,10 @@ def test_kill_9_of_the_dumper_never_leaves_a_partial_file(redis_url: str, tmp_pa
         assert {n for n in os.listdir(folder) if n.endswith(".json")} == {f"{s}.json" for s in sids}
         # A dump after all that leaves every file equal to its session's export.
         m.client.zadd(m.keys.dirty, dict.fromkeys(sids, 0))
-        assert dump_sessions(m).written == len(sids)
+        assert m.dump_sessions().written == len(sids)
         before = {sid: m.export_session(sid) for sid in sids}
         m.client.flushall()
-        report = restore_sessions(m)
+        report = m.restore_sessions()
         assert report.restored == len(sids)
         assert report.quarantined == 0
         assert {sid: m.export_session(sid) for sid in sids} == before
@@ -216,14 +217,14 @@ def test_lost_redis_data_dir_restores_from_dumps(
         for sid in sids:
             m.log_interaction(sid, user_message="remember me", metadata={"pi": 3.14159})
         m.delete_session(sids[0])  # deleted before the dump: its file never exists
-        dump_sessions(m)
+        m.dump_sessions()
         before = {sid: m.export_session(sid) for sid in sids[1:]}
     server.stop()
     shutil.rmtree(server.data_dir)  # Redis' AOF and RDB are gone
     server.start()
     with _manager(server.url, data_dir) as m:
         assert m.client.dbsize() == 0
-        report = restore_sessions(m)
+        report = m.restore_sessions()
         assert (report.restored, report.quarantined) == (9, 0)
         assert {sid: m.export_session(sid) for sid in sids[1:]} == before
         assert sorted(m.iter_session_ids()) == sorted(sids[1:])

@@ -1,4 +1,4 @@
-"""Tests for redsession.embedded: binary lookup and the server child process."""
+"""Tests for redsession.services.embedded: binary lookup and the server child process."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from redsession import embedded
-from redsession.embedded import RedisServer, ServerError, find_server_binary
 from redsession.errors import ConfigError, RedsessionError
+from redsession.services import embedded
+from redsession.services.embedded import RedisServer, ServerError, find_server_binary
 
 ServerFactory = Callable[..., RedisServer]
 
@@ -252,7 +252,7 @@ def test_second_server_in_another_process_is_refused(server_factory: ServerFacto
     first = server_factory()
     code = textwrap.dedent(f"""
         from pathlib import Path
-        from redsession.embedded import RedisServer, ServerError
+        from redsession.services.embedded import RedisServer, ServerError
         try:
             RedisServer(Path({str(first.data_dir)!r})).start()
         except ServerError as e:
@@ -364,7 +364,7 @@ def test_server_dies_with_its_parent(tmp_path: Path, binary: str) -> None:
     code = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from redsession.embedded import RedisServer
+        from redsession.services.embedded import RedisServer
         server = RedisServer(Path({str(tmp_path / "redis")!r}), binary={binary!r})
         server.start()
         print(server.pid, flush=True)

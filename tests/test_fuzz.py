@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from redsession import AsyncSessionManager, RedsessionError, SessionManager, Settings
-from redsession.dump import dump_sessions, restore_sessions, sessions_dir
-from redsession.embedded import RedisServer
-from redsession.keys import Keys
+from redsession.maintenance.snapshots import sessions_dir
+from redsession.services.embedded import RedisServer
+from redsession.storage.keys import Keys
 
 FUZZ = settings(
     max_examples=50,
@@ -158,11 +158,12 @@ def _calls(sids: list[str]) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
         ),
         "delete_session": fb({"session_id": sid}, optional={"user_id": opt_uid}),
         "cleanup_expired_sessions": fb({}, optional={"dry_run": st.booleans()}),
-        "expired_session_ids": fb({}, optional={"dry_run": st.booleans()}),
+        "cleanup": fb({}, optional={"dry_run": st.booleans()}),
         "stats": fb({}),
-        "changed_sessions": fb({"count": count}),
-        "mark_dumped": fb({"entries": st.lists(st.tuples(sid, count), max_size=3) | anything}),
-        "repair_indexes": fb({}),
+        "dump_sessions": fb({}, optional={"batch": count}),
+        "restore_sessions": fb({}, optional={"overwrite_older": st.booleans()}),
+        "rotate_keys": fb({}),
+        "repair_indexes": fb({}, optional={"batch": count}),
     }
 
 
@@ -421,7 +422,7 @@ def test_dump_and_restore_write_nothing_outside_data_dir(
             if not target.is_symlink():
                 target.unlink(missing_ok=True)
                 target.symlink_to(outside / "victim.json")
-        for step in (lambda: dump_sessions(m, data), lambda: restore_sessions(m)):
+        for step in (lambda: m.dump_sessions(data), lambda: m.restore_sessions()):
             with contextlib.suppress(RedsessionError):
                 step()
 
@@ -584,7 +585,7 @@ async def test_mcp_tools_answer_with_a_result_or_a_tool_error(
 ) -> None:
     from mcp import Client
 
-    from redsession.mcp_server import build_server
+    from redsession.services.mcp_server import build_server
 
     a, b, _ = fresh()
     settings_ = Settings(key_prefix=PREFIX, **LIMITS)
@@ -626,7 +627,7 @@ def test_mcp_stdio_survives_malformed_requests(redis_server: RedisServer, tmp_pa
     env["REDSESSION_REDIS_URL"] = redis_server.url
     with (tmp_path / "stderr").open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "redsession.mcp_server"],
+            [sys.executable, "-m", "redsession", "mcp"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=err,

@@ -5,8 +5,8 @@ import time
 
 import redis
 
-from redsession.keys import Keys
-from redsession.leader import LeaderLock, read_heartbeat
+from redsession.services.leader import LeaderLock, read_heartbeat
+from redsession.storage.keys import Keys
 
 KEYS = Keys("t")
 

@@ -24,9 +24,8 @@ from redsession import (
     SessionNotFound,
     StorageUnavailable,
 )
-from redsession.dump import dump_sessions
-from redsession.embedded import RedisServer
-from redsession.keys import Keys
+from redsession.services.embedded import RedisServer
+from redsession.storage.keys import Keys
 from tests.conftest import ServerFactory
 from tests.topology import Cluster, redis_cluster  # noqa: F401  (the session's cluster)
 
@@ -426,7 +425,7 @@ def test_iterating_ids_while_sessions_are_touched_visits_each_once(
 ) -> None:
     # export --all and rotate-keys walk every id while the app keeps writing: a session
     # touched before the walk reached it must still be visited, and only once.
-    monkeypatch.setattr("redsession.index_walk.PAGE", 3)
+    monkeypatch.setattr("redsession.storage.walk.PAGE", 3)
     ids = [manager.create_session("alice").session_id for _ in range(10)]
     seen: list[str] = []
     for sid in manager.iter_session_ids(user):
@@ -454,7 +453,7 @@ def test_iteration_over_a_group_of_equal_scores_larger_than_a_page(
     manager: SessionManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Imports keep their last activity, so ids may share one score: none may be skipped.
-    monkeypatch.setattr("redsession.index_walk.PAGE", 3)
+    monkeypatch.setattr("redsession.storage.walk.PAGE", 3)
     members = {f"tied{i}": 1_000 for i in range(8)} | {"before": 999, "after": 1_001}
     manager.client.zadd(manager.core.store.keys.sessions, members)
     walked = list(manager.iter_session_ids())
@@ -478,14 +477,14 @@ def test_index_members_that_are_not_utf8_are_removed_where_met(
     assert [s.session_id for s in manager.list_active_sessions("alice").sessions] == [sid]
     assert list(manager.iter_user_ids()) == ["alice"]
     assert manager.stats().sessions == 1  # counted before the junk member went
-    assert dump_sessions(manager, tmp_path).written == 1
+    assert manager.dump_sessions(tmp_path).written == 1
     assert manager.cleanup_expired_sessions() == 0
     for key in indexes:
         assert c.zscore(key, junk) is None, key
     scanned = indexes[:4]  # the walks and repair meet them too (the dump reads P:dirty)
     for key in scanned:
         c.zadd(key, {junk: 1})
-    monkeypatch.setattr("redsession.index_walk.PAGE", 2)  # a first page of junk only
+    monkeypatch.setattr("redsession.storage.walk.PAGE", 2)  # a first page of junk only
     c.zadd(k.sessions, {b"\xfe": 2, b"\xfe\xff": 3})
     assert list(manager.iter_session_ids()) == [sid]
     manager.repair_indexes()

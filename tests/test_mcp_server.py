@@ -25,14 +25,14 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult, TextContent
 
 from redsession import ConfigError, SessionManager, Settings
-from redsession.embedded import RedisServer
-from redsession.mcp_auth import TokenTable
-from redsession.mcp_server import run_mcp
-from redsession.models import utcnow
+from redsession.model.models import utcnow
+from redsession.services.auth import TokenTable
+from redsession.services.embedded import RedisServer
+from redsession.services.mcp_server import run_mcp
 from tests.conftest import ServerFactory
 
 TIMEOUT = 30.0
-SERVER = [sys.executable, "-m", "redsession.mcp_server"]
+SERVER = [sys.executable, "-m", "redsession", "mcp"]
 TOKEN = "s3cret-t0ken"
 CONTRACT = {
     "resume_session": ["session_id", "user_id"],
@@ -68,7 +68,7 @@ def _server_env(redis_url: str, **extra: str) -> dict[str, str]:
 
 @asynccontextmanager
 async def stdio_mcp(redis_url: str, errlog: Path, **env: str) -> AsyncIterator[ClientSession]:
-    """A ClientSession to a fresh `python -m redsession.mcp_server` child over stdio."""
+    """A ClientSession to a fresh `redsession mcp` child over stdio."""
     params = StdioServerParameters(
         command=SERVER[0], args=SERVER[1:], env={"REDSESSION_REDIS_URL": redis_url, **env}
     )
@@ -115,7 +115,7 @@ def _free_port() -> int:
 def http_server_factory(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., HttpServer]]:
-    """``factory(**env)`` starts `python -m redsession.mcp_server http`; returns (url, port)."""
+    """``factory(**env)`` starts `redsession mcp --transport http`; returns (url, port)."""
     procs: list[subprocess.Popen[bytes]] = []
 
     def factory(**env: str) -> HttpServer:
@@ -123,8 +123,12 @@ def http_server_factory(
         log = tmp_path_factory.mktemp("mcp-http") / "server.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [*SERVER, "http"],
-                env=_server_env(redis_server.url, REDSESSION_MCP_PORT=str(port), **env),
+                [*SERVER, "--transport", "http"],
+                env=_server_env(
+                    # INFO: the tests read uvicorn's start and shutdown lines in the log.
+                    redis_server.url, REDSESSION_MCP_PORT=str(port), REDSESSION_LOG_LEVEL="INFO",
+                    **env,
+                ),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

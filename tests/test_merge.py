@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from redsession.merge import apply_patch, combine, overlay, same_content
-from redsession.models import Interaction, SessionRecord
+from redsession.model.merge import apply_patch, combine, overlay, same_content
+from redsession.model.models import Interaction, SessionRecord
 
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from redsession import SessionManager
-from redsession.commands import Eval
-from redsession.keys import Keys
-from redsession.models import SessionExport
+from redsession.model.models import SessionExport
+from redsession.storage.commands import Eval
+from redsession.storage.keys import Keys
 
 K = Keys()
 PROPS = settings(

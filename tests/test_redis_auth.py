@@ -28,12 +28,10 @@ from redsession import (
     StorageError,
     StorageUnavailable,
 )
-from redsession.dump import dump_sessions, restore_sessions
-from redsession.embedded import RedisServer, ServerError
-from redsession.keys import Keys
-from redsession.leader import LeaderLock
-from redsession.rotation import rotate_keys
-from tests.conftest import ServerFactory
+from redsession.services.embedded import RedisServer, ServerError
+from redsession.services.leader import LeaderLock
+from redsession.storage.keys import Keys
+from tests.conftest import ServerFactory, dirty_ids
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "security.md"
 APP_PASSWORD = "app pw/with:odd@chars"
@@ -122,15 +120,14 @@ def test_acl_user_runs_every_manager_operation(
         doc["session"]["session_id"] = "imported"
         assert m.import_session_data(doc) == "imported"
         assert m.cleanup_expired_sessions(dry_run=True) == 0
-        assert m.expired_session_ids() == []
+        assert m.cleanup().session_ids == []
         assert m.stats().sessions == 1
-        m.changed_sessions(10)
         m.repair_indexes()
-        # The worker's pieces: dumps (changed_sessions + mark_dumped), restore, leader lock.
-        assert dump_sessions(m, tmp_path).written >= 1
-        assert m.changed_sessions(10) == []
+        # The worker's pieces: dumps (the dirty marks), restore, leader lock.
+        assert m.dump_sessions(tmp_path).written >= 1
+        assert dirty_ids(m) == []
         m.delete_session("imported")
-        restore_sessions(m, tmp_path)
+        m.restore_sessions(tmp_path)
         lock = LeaderLock(m.client, m.keys, lease=5.0)
         assert lock.acquire()
         assert lock.renew()
@@ -143,8 +140,8 @@ def test_acl_user_runs_every_manager_operation(
         m.log_interaction(sid, user_message="sealed")
         m.set_preferences("carol", {"p": 1})
     with SessionManager.from_url(_app_url(server), encryption_keys=[new_key, old_key]) as m:
-        assert rotate_keys(m).sessions_rotated >= 1
-        assert rotate_keys(m).sessions_rotated == 0
+        assert m.rotate_keys().sessions_rotated >= 1
+        assert m.rotate_keys().sessions_rotated == 0
     # Everything the user wrote lives under its prefix.
     assert all(k.startswith(b"redsession:") for k in admin.scan_iter())
 

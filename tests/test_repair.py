@@ -5,8 +5,8 @@ from __future__ import annotations
 import redis
 
 from redsession import AsyncSessionManager, SessionManager
-from redsession.keys import Keys, expiry_member
-from redsession.repair import RepairReport
+from redsession.maintenance.repair import RepairReport
+from redsession.storage.keys import Keys, expiry_member
 
 K = Keys()
 
@@ -62,3 +62,16 @@ def test_repair_ignores_keys_that_are_not_sessions(
     report = manager.repair_indexes()
     assert report == RepairReport(sessions=1, added=0, removed=1, users_removed=0)
     assert redis_client.zrange(K.expiry, 0, -1) == [expiry_member(sid, "alice").encode()]
+
+
+def test_repair_prunes_the_index_of_every_valid_user_id(
+    manager: SessionManager, redis_client: redis.Redis
+) -> None:
+    """User ids are not session ids: a@b.com and tenant:bob have indexes to prune too."""
+    for uid in ("a@b.com", "tenant:bob", "plain"):
+        manager.create_session(uid)
+        redis_client.zadd(K.user_sessions(uid), {"ghost": 1})  # a session that is gone
+    report = manager.repair_indexes()
+    assert report.removed == 3
+    for uid in ("a@b.com", "tenant:bob", "plain"):
+        assert b"ghost" not in redis_client.zrange(K.user_sessions(uid), 0, -1)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from redsession import validation as check
 from redsession.errors import InvalidInput, InvalidSessionId, PayloadTooLarge
-from redsession.models import from_us, to_us, utcnow
+from redsession.model import validation as check
+from redsession.model.models import from_us, to_us, utcnow
 
 
 def test_ids() -> None:
@@ -59,7 +59,7 @@ def test_microsecond_timestamps_are_exact() -> None:
 def test_timestamps_are_normalised_to_utc() -> None:
     from datetime import datetime, timedelta, timezone
 
-    from redsession.models import Interaction
+    from redsession.model.models import Interaction
 
     local = datetime(2030, 1, 1, 12, tzinfo=timezone(timedelta(hours=2)))
     i = Interaction(id="x", timestamp=local, user_message="m")

@@ -18,14 +18,16 @@ from typing import Any
 import pytest
 import redis
 
-from redsession.commands import Batch, Eval
+from redsession import SessionManager
 from redsession.config import Settings
-from redsession.connection import sync_client
-from redsession.keys import Keys
-from redsession.leader import read_heartbeat
-from redsession.manager import SessionManager
-from redsession.models import SessionExport
-from redsession.worker import PeriodTrigger, Worker, check_worker
+from redsession.core import transfer
+from redsession.model.models import SessionExport
+from redsession.services.leader import read_heartbeat
+from redsession.services.worker import PeriodTrigger, Worker, check_worker
+from redsession.storage.commands import Batch, Eval
+from redsession.storage.connection import sync_client
+from redsession.storage.keys import Keys
+from tests.conftest import dirty_ids
 
 from .conftest import ServerFactory
 
@@ -41,21 +43,23 @@ logging.basicConfig(
     level=logging.INFO, format="%(created).3f %(process)d %(name)s %(levelname)s %(message)s"
 )
 from redsession.config import Settings
-from redsession.worker import run_worker
+from redsession.services.worker import run_worker
 {patch}
 sys.exit(run_worker(Settings()))
 """
 # A slow disk: each dump file takes at least 5 ms, so a dump of 400 sessions lasts seconds.
 SLOW_DUMP = """
 import time
-from redsession import dump
-_write = dump._write_atomic
+from redsession import files
+_write = files.write_atomic
 def _slow_write(*args, **kwargs):
     time.sleep(0.005)
     return _write(*args, **kwargs)
-dump._write_atomic = _slow_write
+files.write_atomic = _slow_write
 """
-JOB_LINE = re.compile(r"^[\d.]+ (\d+) redsession\.worker INFO job (\w+) period (\d+) done")
+JOB_LINE = re.compile(
+    r"^[\d.]+ (\d+) redsession\.services\.worker INFO job (\w+) period (\d+) done"
+)
 FAST = {
     "WORKER_LEASE": f"PT{LEASE}S",
     "HEARTBEAT_INTERVAL": "PT0.5S",
@@ -162,7 +166,7 @@ def bulk_import(manager: SessionManager, docs: Sequence[object], chunk: int = 20
     client = manager.client
     loaded: set[str] = set()
     for i in range(0, len(docs), chunk):
-        ops = [manager.core.import_session_data(d, False) for d in docs[i : i + chunk]]
+        ops = [transfer.import_session_data(manager.core, d, False) for d in docs[i : i + chunk]]
         pending = [(op, next(op)) for op in ops]
         while pending:
             pipe = client.pipeline(transaction=False)
@@ -354,7 +358,7 @@ def test_a_dump_stops_between_batches_once_the_lease_is_gone(
     # The batch in hand was finished and marked; the rest waits for the next leader's dump.
     files = sorted(p.name for p in (settings.data_dir / "sessions").iterdir())
     assert files == [f"{s}.json" for s in ids[:500]]
-    assert sorted(sid for sid, _ in manager.changed_sessions(1000)) == ids[500:]
+    assert sorted(dirty_ids(manager)) == ids[500:]
     manager.close()
 
 
@@ -463,7 +467,7 @@ def test_sigterm_during_a_dump_finishes_it_and_releases_the_lock(
         files = {p.name for p in folder.iterdir()}
         # The job in hand ran to its end: every session dumped, none left marked dirty.
         assert files == {f"{s}.json" for s in ids}
-        assert manager.changed_sessions(10) == []
+        assert dirty_ids(manager) == []
         for name in ("d00000.json", f"{ids[-1]}.json"):
             doc = SessionExport.model_validate_json((folder / name).read_bytes())
             assert f"{doc.session.session_id}.json" == name

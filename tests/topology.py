@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import redis
 
+from redsession import AsyncSessionManager, SessionManager
 from redsession.config import Settings
-from redsession.connection import async_client, sync_client
-from redsession.embedded import RedisServer, _die_with_parent_hook, find_server_binary
-from redsession.manager import AsyncSessionManager, SessionManager
+from redsession.services.embedded import RedisServer, _die_with_parent_hook, find_server_binary
+from redsession.storage.connection import async_client, sync_client
 
 _BUS_OFFSET = 10000  # Redis Cluster's bus listens on port + 10000
 _PORT_RANGE = (20000, 29999)  # below the ephemeral range, so port + 10000 stays valid

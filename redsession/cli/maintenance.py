@@ -21,16 +21,11 @@ def cleanup(dry_run: bool) -> None:
     """Drop index entries and dump files of sessions Redis has expired."""
     state = get_state()
     with progress("cleaning up"):
-        ids = state.manager.expired_session_ids(dry_run=dry_run)
-        files = 0
-        if ids and not dry_run:
-            from redsession.dump import remove_dump_files
-
-            files = remove_dump_files(state.settings().data_dir, ids)
+        report = state.manager.cleanup(dry_run=dry_run)
     if state.json:
-        print_json({"dry_run": dry_run, "sessions": len(ids), "session_ids": ids,
-                    "dump_files_removed": files})  # fmt: skip
+        print_json(report)
         return
+    ids, files = report.session_ids, report.dump_files_removed
     if dry_run:
         click.echo(f"would clean up {len(ids)} expired session(s)")
         for sid in ids[:SHOW_IDS]:
@@ -45,11 +40,9 @@ def cleanup(dry_run: bool) -> None:
 @json_option
 def dump() -> None:
     """Write the JSON dump file of every session changed since the last dump."""
-    from redsession.dump import dump_sessions
-
     state = get_state()
     with progress("dumping") as advance:
-        report = dump_sessions(state.manager, state.settings().data_dir, progress=advance)
+        report = state.manager.dump_sessions(progress=advance)
     failed = report.failed
     if state.json:
         print_json(report)
@@ -73,11 +66,9 @@ def dump() -> None:
 )
 def restore(source: Path | None) -> None:
     """Load dump files into Redis; a newer dump replaces an older session."""
-    from redsession.dump import restore_sessions
-
     state = get_state()
     with progress("restoring") as advance:
-        report = restore_sessions(state.manager, source, progress=advance)
+        report = state.manager.restore_sessions(source, progress=advance)
     quarantined = report.quarantined
     if state.json:
         print_json(report)
@@ -135,11 +126,9 @@ def repair_index() -> None:
 @json_option
 def rotate_keys() -> None:
     """Re-encrypt every session and preference under the newest key (safe to re-run)."""
-    from redsession.rotation import rotate_keys as rotate
-
     state = get_state()
     with progress("re-encrypting") as advance:
-        report = rotate(state.manager, progress=advance)
+        report = state.manager.rotate_keys(progress=advance)
     if state.json:
         print_json(report)
         return

@@ -26,7 +26,7 @@ Port = click.IntRange(0, 65535)
 )
 def server(port: int | None) -> None:
     """Run the embedded Redis server on DATA_DIR/redis until SIGTERM or Ctrl-C."""
-    from redsession.embedded import RedisServer
+    from redsession.services.embedded import RedisServer
 
     state = get_state()
     settings = state.settings(server_port=port)
@@ -64,13 +64,15 @@ def server(port: int | None) -> None:
 @click.command()
 @json_option
 @click.option("--check", is_flag=True, help="Exit 0 if a worker is alive, 1 if not.")
+@click.option("--no-restore", is_flag=True,
+              help="Do not load the dump files on first leading (they were just restored).")
 @click.pass_context
-def worker(ctx: click.Context, check: bool) -> None:
+def worker(ctx: click.Context, check: bool, no_restore: bool) -> None:
     """Run the maintenance worker (cleanup, dumps, backups) until SIGTERM."""
     state = get_state()
     settings = state.settings()
     if check:
-        from redsession.worker import check_worker
+        from redsession.services.worker import check_worker
 
         try:
             alive = check_worker(settings)
@@ -83,9 +85,9 @@ def worker(ctx: click.Context, check: bool) -> None:
         else:
             click.echo("a worker is alive" if alive else "no live worker")
         ctx.exit(0 if alive else 1)
-    from redsession.worker import run_worker
+    from redsession.services.worker import run_worker
 
-    ctx.exit(run_worker(settings))
+    ctx.exit(run_worker(settings, restore=not no_restore))
 
 
 @click.command()
@@ -95,7 +97,7 @@ def worker(ctx: click.Context, check: bool) -> None:
 @click.option("--port", type=Port, help="With --transport http [default: REDSESSION_MCP_PORT].")
 def mcp(transport: Literal["stdio", "http"], host: str | None, port: int | None) -> None:
     """Serve the session tools to a model over MCP (stdio or streamable HTTP)."""
-    from redsession.mcp_server import run_mcp
+    from redsession.services.mcp_server import run_mcp
 
     if transport == "stdio" and (host is not None or port is not None):
         raise click.UsageError("--host and --port go with --transport http")
@@ -121,7 +123,7 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
 @click.pass_context
 def up(ctx: click.Context, mcp_port: int | None) -> None:
     """Everything in one: the embedded server (unless --redis-url), the worker and MCP."""
-    from redsession.up import run_up
+    from redsession.services.up import run_up
 
     ctx.exit(run_up(get_state().settings(), mcp_port=mcp_port))
 

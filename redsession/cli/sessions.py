@@ -19,7 +19,6 @@ from rich.text import Text
 from redsession.cli.errors import EXIT_PERMISSION, EXIT_USAGE, CliError, bad_input
 from redsession.cli.output import (
     Advance,
-    atomic_output,
     console,
     err_console,
     print_json,
@@ -34,7 +33,8 @@ from redsession.errors import (
     SessionExists,
     SessionNotFound,
 )
-from redsession.models import Session
+from redsession.files import atomic_writer
+from redsession.model.models import Session
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def _write(output: Path | None, produce: Callable[[IO[bytes]], int]) -> int:
         sys.stdout.buffer.flush()
         return count
     try:
-        with atomic_output(output) as f:
+        with atomic_writer(output) as f:
             return produce(f)
     except RedsessionError:
         raise  # StorageUnavailable is a ConnectionError, hence an OSError: not a file problem
@@ -164,21 +164,19 @@ def _write(output: Path | None, produce: Callable[[IO[bytes]], int]) -> int:
 
 
 def _export_all(state: State, user_id: str | None, f: IO[bytes]) -> int:
-    manager, seen = state.manager, set()
+    manager, count = state.manager, 0
     with progress("exporting") as advance:
-        for sid in manager.iter_session_ids(user_id):
+        for sid in manager.iter_session_ids(user_id):  # each id once
             try:
-                doc = manager.export_session_data(sid)
+                # A session merged meanwhile is skipped: its primary is written on its own.
+                doc = manager.export_session(sid, follow_merged=False)
             except SessionNotFound:
                 log.info("session %s ended during the export; skipped", sid)
                 continue
-            # A session merged meanwhile exports its primary: that one is written on its own.
-            if doc["session"]["session_id"] != sid or sid in seen:
-                continue
-            seen.add(sid)
-            f.write(orjson.dumps(doc) + b"\n")
+            f.write(doc.model_dump_json().encode() + b"\n")
+            count += 1
             advance(1)
-    return len(seen)
+    return count
 
 
 @click.command("import")

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from redsession.config import Settings
 from redsession.errors import ConfigError
 from redsession.manager import SessionManager
+from redsession.model.validation import problems
 
 
 class State:
@@ -35,9 +36,7 @@ class State:
         try:
             settings = Settings(**self.given, **extra)
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "settings"
-            raise ConfigError(f"invalid setting {where}: {first['msg']}") from e
+            raise ConfigError(f"invalid setting {problems(e)}") from e
         if not extra:
             self._settings = settings
         return settings

@@ -1,0 +1,233 @@
+"""AsyncSessionManager: the public API for asyncio code.
+
+Each method is the coroutine form of SessionManager's method of the same name (see its
+docstrings): the same operation of redsession.core or redsession.maintenance, run on an
+asyncio driver. tests/test_async_manager.py holds the two classes to the same names and
+signatures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import redis.asyncio
+
+from redsession.config import Settings
+from redsession.core import history, sessions, stats, transfer
+from redsession.maintenance import cleanup, repair, restore, rotation, snapshots
+from redsession.maintenance.cleanup import CleanupReport
+from redsession.maintenance.repair import RepairReport
+from redsession.maintenance.restore import RestoreReport
+from redsession.maintenance.rotation import RotationReport
+from redsession.maintenance.snapshots import DumpReport, Progress
+from redsession.manager import ManagerBase
+from redsession.model.models import (
+    Interaction,
+    Session,
+    SessionExport,
+    SessionPage,
+    StoreStats,
+    utcnow,
+)
+from redsession.storage.commands import Op
+from redsession.storage.connection import async_client
+from redsession.storage.drivers import AsyncDriver
+
+T = TypeVar("T")
+
+
+class AsyncSessionManager(ManagerBase):
+    """Sessions in Redis, for asyncio code: the same operations as SessionManager."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis | redis.asyncio.RedisCluster,
+        settings: Settings | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        super().__init__(
+            client, settings, clock, isinstance(client, redis.asyncio.RedisCluster)
+        )
+        self._driver = AsyncDriver(client)
+
+    @classmethod
+    def from_url(cls, url: str | None = None, **settings: Any) -> AsyncSessionManager:
+        s = Settings(**settings)
+        return cls(async_client(url, s), s)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def __aenter__(self) -> AsyncSessionManager:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def run(self, op: Op[T]) -> T:
+        return await self._driver.run(op)
+
+    # -- sessions ------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        user_id: str,
+        *,
+        context: Mapping[str, Any] | None = None,
+        session_id: str | None = None,
+    ) -> Session:
+        return await self.run(sessions.create_session(self.core, user_id, context, session_id))
+
+    async def create_or_resume_session(self, user_id: str, session_id: str | None = None) -> str:
+        return await self.run(sessions.create_or_resume_session(self.core, user_id, session_id))
+
+    async def resume_session(
+        self, session_id: str, user_id: str, *, history: int | None = None
+    ) -> Session:
+        return await self.run(sessions.resume_session(self.core, session_id, user_id, history))
+
+    async def get_session(
+        self,
+        session_id: str,
+        *,
+        history: int = 0,
+        user_id: str | None = None,
+        follow_merged: bool = True,
+    ) -> Session:
+        return await self.run(
+            sessions.get_session(self.core, session_id, history, user_id, follow_merged)
+        )
+
+    async def delete_session(self, session_id: str, *, user_id: str | None = None) -> None:
+        await self.run(sessions.delete_session(self.core, session_id, user_id))
+
+    async def update_context(
+        self, session_id: str, patch: Mapping[str, Any], *, user_id: str | None = None
+    ) -> Session:
+        return await self.run(sessions.update_context(self.core, session_id, patch, user_id))
+
+    async def set_preferences(self, user_id: str, prefs: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.run(sessions.set_preferences(self.core, user_id, prefs))
+
+    async def get_preferences(self, user_id: str) -> dict[str, Any]:
+        return await self.run(sessions.get_preferences(self.core, user_id))
+
+    async def list_active_sessions(
+        self, user_id: str | None = None, *, limit: int = 100, cursor: str | None = None
+    ) -> SessionPage:
+        return await self.run(sessions.list_active_sessions(self.core, user_id, limit, cursor))
+
+    async def iter_session_ids(self, user_id: str | None = None) -> AsyncIterator[str]:
+        walk = sessions.session_walk(self.core, user_id)
+        while not walk.done:
+            for sid in await self.run(walk.next_page()):
+                yield sid
+
+    async def iter_user_ids(self) -> AsyncIterator[str]:
+        walk = sessions.user_walk(self.core)
+        while not walk.done:
+            for uid in await self.run(walk.next_page()):
+                yield uid
+
+    # -- history -------------------------------------------------------------------------
+
+    async def get_history(
+        self,
+        session_id: str,
+        *,
+        limit: int | None = None,
+        before: int | None = None,
+        user_id: str | None = None,
+    ) -> list[Interaction]:
+        return await self.run(history.get_history(self.core, session_id, limit, before, user_id))
+
+    async def log_interaction(
+        self,
+        session_id: str,
+        *,
+        user_message: str,
+        assistant_response: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        topics: Sequence[str] | None = None,
+        user_id: str | None = None,
+    ) -> Interaction:
+        return await self.run(
+            history.log_interaction(
+                self.core, session_id, user_message, assistant_response, metadata, topics, user_id
+            )
+        )
+
+    # -- whole sessions ------------------------------------------------------------------
+
+    async def export_session_data(
+        self, session_id: str, *, user_id: str | None = None
+    ) -> dict[str, Any]:
+        doc = await self.export_session(session_id, user_id=user_id)
+        return doc.model_dump(mode="json")
+
+    async def export_session(
+        self, session_id: str, *, user_id: str | None = None, follow_merged: bool = True
+    ) -> SessionExport:
+        return await self.run(transfer.export(self.core, session_id, user_id, follow_merged))
+
+    async def import_session_data(
+        self, doc: object, *, overwrite: bool = False, expect: tuple[int, int] | None = None
+    ) -> str:
+        return await self.run(transfer.import_session_data(self.core, doc, overwrite, expect))
+
+    async def merge_sessions(
+        self,
+        primary_id: str,
+        secondary_id: str,
+        *,
+        user_id: str | None = None,
+        allow_cross_user: bool = False,
+    ) -> Session:
+        return await self.run(
+            transfer.merge_sessions(
+                self.core, primary_id, secondary_id, user_id, allow_cross_user
+            )
+        )
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    async def cleanup(self, *, dry_run: bool = False) -> CleanupReport:
+        return await self.run(
+            cleanup.cleanup_expired_sessions(self.core, self.settings.data_dir, dry_run=dry_run)
+        )
+
+    async def cleanup_expired_sessions(self, *, dry_run: bool = False) -> int:
+        return (await self.cleanup(dry_run=dry_run)).sessions
+
+    async def stats(self) -> StoreStats:
+        return await self.run(stats.stats(self.core))
+
+    async def dump_sessions(
+        self, data_dir: Path | None = None, *, batch: int = 500, progress: Progress = None
+    ) -> DumpReport:
+        op = snapshots.dump_sessions(
+            self.core, self._data_dir(data_dir), batch=batch, progress=progress
+        )
+        return await self.run(op)
+
+    async def restore_sessions(
+        self, source: Path | None = None, *, overwrite_older: bool = True,
+        progress: Progress = None,
+    ) -> RestoreReport:  # fmt: skip
+        op = restore.restore_sessions(
+            self.core, source, overwrite_older=overwrite_older, progress=progress
+        )
+        return await self.run(op)
+
+    async def rotate_keys(self, *, progress: Progress = None) -> RotationReport:
+        return await self.run(rotation.rotate_keys(self.core, progress))
+
+    async def repair_indexes(self, *, batch: int = repair.REPAIR_BATCH) -> RepairReport:
+        return await self.run(repair.repair_indexes(self.core, batch))

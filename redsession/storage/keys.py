@@ -1,0 +1,124 @@
+"""Every Redis key name redsession uses. No other module spells the prefix or a key pattern.
+
+Session keys carry the session id as a Redis Cluster hash tag (``{SID}``) so that one Lua
+script can write all of a session's keys atomically; user keys carry the user id.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from redsession.errors import ConfigError
+
+_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family of keys ``head + id + tail``: one per session, or one per user."""
+
+    head: str
+    tail: str
+
+    def key(self, ident: str) -> str:
+        return f"{self.head}{ident}{self.tail}"
+
+    @property
+    def glob(self) -> str:
+        """The SCAN MATCH pattern of the family (the prefix has no glob characters)."""
+        return f"{self.head}*{self.tail}"
+
+    def ident(self, key: str) -> str:
+        """The id inside one of the family's keys."""
+        return key[len(self.head) : len(key) - len(self.tail)]
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix (Settings.key_prefix)."""
+
+    prefix: str = "redsession"
+    # One session: a hash, its history log and, after delete/merge, a tombstone.
+    session_family: Family = field(init=False)
+    log_family: Family = field(init=False)
+    tomb_family: Family = field(init=False)
+    # One user: the index of their sessions and their preferences.
+    user_sessions_family: Family = field(init=False)
+    user_prefs_family: Family = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not _PREFIX.match(self.prefix):
+            raise ConfigError(
+                f"key prefix {self.prefix!r} must match {_PREFIX.pattern} (no braces or spaces)"
+            )
+        p = self.prefix
+        for name, family in (
+            ("session_family", Family(f"{p}:s:{{", "}")),
+            ("log_family", Family(f"{p}:s:{{", "}:log")),
+            ("tomb_family", Family(f"{p}:s:{{", "}:tomb")),
+            ("user_sessions_family", Family(f"{p}:u:{{", "}:sessions")),
+            ("user_prefs_family", Family(f"{p}:u:{{", "}:prefs")),
+        ):
+            object.__setattr__(self, name, family)
+
+    def session(self, sid: str) -> str:
+        return self.session_family.key(sid)
+
+    def log(self, sid: str) -> str:
+        return self.log_family.key(sid)
+
+    def tomb(self, sid: str) -> str:
+        return self.tomb_family.key(sid)
+
+    def session_keys(self, sid: str) -> tuple[str, str, str]:
+        return self.session(sid), self.log(sid), self.tomb(sid)
+
+    def user_sessions(self, uid: str) -> str:
+        return self.user_sessions_family.key(uid)
+
+    def user_prefs(self, uid: str) -> str:
+        return self.user_prefs_family.key(uid)
+
+    # Global indexes.
+    @property
+    def sessions(self) -> str:
+        """ZSET session id -> last activity (µs)."""
+        return f"{self.prefix}:sessions"
+
+    @property
+    def users(self) -> str:
+        """ZSET user id -> last activity (µs)."""
+        return f"{self.prefix}:users"
+
+    @property
+    def expiry(self) -> str:
+        """ZSET "sid:uid" -> expires_at (µs); cleanup reads only what has expired."""
+        return f"{self.prefix}:expiry"
+
+    @property
+    def dirty(self) -> str:
+        """ZSET session id -> time of its last change (µs), for the incremental dump."""
+        return f"{self.prefix}:dirty"
+
+    def index_keys(self) -> tuple[str, str, str, str]:
+        return self.sessions, self.users, self.expiry, self.dirty
+
+    # The worker.
+    @property
+    def worker_leader(self) -> str:
+        return f"{self.prefix}:worker:leader"
+
+    @property
+    def worker_heartbeat(self) -> str:
+        return f"{self.prefix}:worker:hb"
+
+
+def expiry_member(sid: str, uid: str) -> str:
+    """The expiry index member: session ids have no ':', so the first ':' splits it."""
+    return f"{sid}:{uid}"
+
+
+def split_expiry_member(member: str) -> tuple[str, str]:
+    sid, _, uid = member.partition(":")
+    return sid, uid

@@ -1,0 +1,316 @@
+"""The session store's Redis operations: session scripts, listings, preferences and stats.
+
+Each operation is a generator of commands (commands.py) that a driver runs. The modules of
+redsession/storage/ are the only ones that speak Redis commands (the worker's lock and the
+server launcher aside).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redsession.config import Settings
+from redsession.errors import (
+    PermissionDenied,
+    SessionExists,
+    SessionMerged,
+    SessionNotFound,
+)
+from redsession.storage import indexes, scripts
+from redsession.storage.commands import (
+    Arg,
+    Batch,
+    Eval,
+    OnEachPrimary,
+    Op,
+    Reply,
+    Script,
+    flat_to_dict,
+    hash_reply,
+    int_score,
+    raw_pairs,
+    text,
+)
+from redsession.storage.indexes import members, scored
+from redsession.storage.keys import Keys
+from redsession.storage.upkeep import IndexUpkeep
+
+SUMMARY_FIELDS = ("user_id", "created_at", "last_activity", "total_interactions", "expires_at")
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """The times a write carries: activity score, new expiry, and now (all µs)."""
+
+    activity: int
+    expires: int
+    now: int
+
+
+class Store:
+    """The Redis operations of the session store, as generators of commands."""
+
+    def __init__(self, keys: Keys, settings: Settings, *, cluster: bool = False) -> None:
+        self.keys = keys
+        self.cluster = cluster
+        self.upkeep = IndexUpkeep(keys)
+        self._prefs_ms = int(settings.preferences_ttl.total_seconds() * 1000)
+        self._tomb_ms = int(settings.session_ttl.total_seconds() * 1000)
+        self._index_keys = () if cluster else tuple(getattr(keys, n) for n in indexes.GLOBAL)
+        self._user_parts = (
+            ("", "", "")
+            if cluster  # '' tells the scripts to leave the indexes to the second step
+            else (keys.user_sessions_family.head, keys.user_sessions_family.tail,
+                  keys.user_prefs_family.tail)
+        )  # fmt: skip
+
+    # -- session scripts ---------------------------------------------------------------
+
+    def _eval(
+        self, script: Script, sid: str, owner: str | None, t: Stamp, *extra: Arg
+    ) -> Eval:
+        return Eval(
+            script,
+            self.keys.session_keys(sid) + self._index_keys,
+            (
+                *self._user_parts,
+                t.activity, t.expires, t.expires // 1000, t.now, self._prefs_ms,
+                owner or "", sid, *extra,
+            ),
+        )  # fmt: skip
+
+    def _run(
+        self, script: Script, sid: str, owner: str | None, t: Stamp, *extra: Arg
+    ) -> Op[list[Reply]]:
+        reply: list[Reply] = yield self._eval(script, sid, owner, t, *extra)
+        status = text(reply[0])
+        if status in ("ok", "conflict", "limit"):
+            return [status, *reply[1:]]
+        if status == "exists":
+            raise SessionExists(f"session {sid!r} already exists (or was deleted or merged)")
+        if status == "denied":
+            raise PermissionDenied(sid)
+        if status == "gone":
+            tomb = text(reply[1])
+            if tomb.startswith("merged:"):
+                raise SessionMerged(sid, tomb.removeprefix("merged:"))
+            raise SessionNotFound(sid, f"session {sid!r} was deleted")
+        raise SessionNotFound(sid)
+
+    def create(self, sid: str, uid: str, context: bytes, created: int, t: Stamp) -> Op[None]:
+        yield from self._run(scripts.CREATE, sid, None, t, uid, context, created)
+        yield from self._index(sid, uid, t)
+
+    def fetch(
+        self, sid: str, owner: str | None, t: Stamp, *, touch: bool, history: int
+    ) -> Op[tuple[dict[str, str], list[Reply]]]:
+        _, flat, hist = yield from self._run(
+            scripts.FETCH, sid, owner, t, "1" if touch else "0", history
+        )
+        h = flat_to_dict(flat)
+        if touch:
+            yield from self._index(sid, h["user_id"], t)
+        return h, hist
+
+    def history(
+        self, sid: str, owner: str | None, t: Stamp, limit: int | None, before: int | None
+    ) -> Op[list[Reply]]:
+        _, _, items = yield from self._run(
+            scripts.HISTORY, sid, owner, t,
+            "" if limit is None else limit, "" if before is None else before,
+        )  # fmt: skip
+        return list(items)
+
+    def log(
+        self, sid: str, owner: str | None, record: bytes, topics: Sequence[str],
+        max_topics: int, t: Stamp,
+    ) -> Op[tuple[str, int]]:  # fmt: skip
+        """Append one record; returns (status, log length). Status 'limit': too many topics."""
+        reply = yield from self._run(scripts.LOG, sid, owner, t, record, max_topics, *topics)
+        if reply[0] == "limit":
+            return "limit", int(reply[1])
+        yield from self._index(sid, text(reply[1]), t)
+        return "ok", int(reply[2])
+
+    def update_context(
+        self, sid: str, owner: str | None, expected_version: int, context: bytes, t: Stamp
+    ) -> Op[bool]:
+        """Compare-and-set the context; False when another writer changed it first."""
+        reply = yield from self._run(
+            scripts.UPDATE_CONTEXT, sid, owner, t, expected_version, context
+        )
+        if reply[0] == "conflict":
+            return False
+        yield from self._index(sid, text(reply[2]), t)
+        return True
+
+    def delete(
+        self, sid: str, owner: str | None, tomb: str, t: Stamp,
+        expect: tuple[int, int] | None = None,
+    ) -> Op[bool]:  # fmt: skip
+        """Replace the session by a tombstone; False if ``expect`` (version, total) is stale."""
+        version, total = expect if expect else ("", "")
+        reply = yield from self._run(
+            scripts.DELETE, sid, owner, t, tomb, self._tomb_ms, version, total
+        )
+        if reply[0] == "conflict":
+            return False
+        yield from self._unindex(sid, text(reply[1]), t)
+        return True
+
+    def write(
+        self, sid: str, uid: str, fields: list[str | bytes], records: Sequence[bytes],
+        t: Stamp, *, mode: str, expect: tuple[int, int] | None = None,
+    ) -> Op[bool]:  # fmt: skip
+        """Replace a whole session (mode 'new', 'replace' or 'cas'); False on a CAS conflict."""
+        version, total = expect if expect else ("", "")
+        reply = yield from self._run(
+            scripts.WRITE, sid, None, t, mode, version, total, len(fields), *fields, *records
+        )
+        if reply[0] == "conflict":
+            return False
+        old = text(reply[1])
+        if old and old != uid:
+            yield from self._unindex(sid, old, t)
+        yield from self._index(sid, uid, t)
+        return True
+
+    # -- the cross-slot index step on a cluster (single servers do it inside the script) --
+
+    def _index(self, sid: str, uid: str, t: Stamp) -> Op[None]:
+        if self.cluster:
+            row = indexes.Row(sid, uid, t.activity, t.expires, t.now, self._prefs_ms)
+            yield from indexes.live(self.keys, row)
+
+    def _unindex(self, sid: str, uid: str, t: Stamp) -> Op[None]:
+        if self.cluster:
+            yield from indexes.gone(self.keys, [indexes.Row(sid, uid, now=t.now)])
+
+    # -- indexes and listings ----------------------------------------------------------
+
+    def index_page(self, key: str, after: int | None, count: int) -> Op[list[tuple[str, int]]]:
+        """About ``count`` (member, score) of an index by ascending score, all above ``after``.
+
+        The page ends with the whole group of its last score, so that resuming above that
+        score skips no member of it.
+        """
+        lo = "-inf" if after is None else f"({after}"
+        page = ("ZRANGE", key, lo, "+inf", "BYSCORE", "LIMIT", 0, count, "WITHSCORES")
+        while True:
+            (flat,) = yield Batch((page,))
+            pairs = raw_pairs(flat)
+            rows = yield from scored(key, pairs)
+            if rows or not pairs:
+                break  # a page of junk members only: they are gone now, so read it again
+        if len(pairs) == count:  # the last score's group may go on past the page
+            last = int_score(pairs[-1][1])
+            (ties,) = yield Batch((("ZRANGE", key, last, last, "BYSCORE", "WITHSCORES"),))
+            rows = [r for r in rows if r[1] < last] + (yield from scored(key, ties))
+        return rows
+
+    def summaries(self, sids: Sequence[str]) -> Op[list[dict[str, str] | None]]:
+        """The summary fields of each session, None for those gone from Redis."""
+        if not sids:
+            return []
+        rows = yield Batch(tuple(("HMGET", self.keys.session(s), *SUMMARY_FIELDS) for s in sids))
+        return _summary_rows(rows)
+
+    def page_summaries(
+        self, uid: str | None, offset: int, count: int
+    ) -> Op[tuple[list[str | None], list[dict[str, str] | None]]]:
+        """A page of session ids by activity, newest first, and the summary fields of each.
+
+        Rows are None for sessions gone from Redis; ids are None where a member was junk
+        (see _members). One round trip on a single server.
+        """
+        key = self.keys.sessions if uid is None else self.keys.user_sessions(uid)
+        if self.cluster:  # the session hashes live in other slots than the index
+            (raw,) = yield Batch((("ZREVRANGE", key, offset, offset + count - 1),))
+            ids = yield from members(key, raw)
+            found = iter((yield from self.summaries([i for i in ids if i is not None])))
+            return ids, [None if i is None else next(found) for i in ids]
+        family = self.keys.session_family
+        head, tail = family.head, family.tail
+        raw, rows = yield Eval(
+            PAGE_SUMMARIES, (key,), (offset, offset + count - 1, head, tail, *SUMMARY_FIELDS)
+        )
+        return (yield from members(key, raw)), _summary_rows(rows)
+
+    def exists(self, sids: Sequence[str]) -> Op[list[bool]]:
+        if not sids:
+            return []
+        rows = yield Batch(tuple(("EXISTS", self.keys.session(s)) for s in sids))
+        return [bool(r) for r in rows]
+
+    # -- preferences ---------------------------------------------------------------------
+
+    def set_prefs(self, uid: str, values: dict[str, bytes], remove: Sequence[str]) -> Op[None]:
+        key = self.keys.user_prefs(uid)
+        cmds: list[tuple[Arg, ...]] = []
+        if values:
+            cmds.append(("HSET", key, *(a for kv in values.items() for a in kv)))
+        if remove:
+            cmds.append(("HDEL", key, *remove))
+        cmds.append(("PEXPIRE", key, self._prefs_ms))
+        yield Batch(tuple(cmds))
+
+    def get_prefs(self, uid: str) -> Op[dict[str, str]]:
+        (h,) = yield Batch((("HGETALL", self.keys.user_prefs(uid)),))
+        return hash_reply(h)
+
+    # -- stats ---------------------------------------------------------------------------
+
+    def counts(self) -> Op[tuple[int, int, list[tuple[str, int]], list[tuple[str, int]], int]]:
+        """(sessions, users, oldest, newest, used memory)."""
+        k = self.keys
+        n_s, n_u, oldest, newest = yield Batch((
+            ("ZCARD", k.sessions),
+            ("ZCARD", k.users),
+            ("ZRANGE", k.sessions, 0, 0, "WITHSCORES"),
+            ("ZREVRANGE", k.sessions, 0, 0, "WITHSCORES"),
+        ))  # fmt: skip
+        oldest = yield from scored(k.sessions, oldest)
+        newest = yield from scored(k.sessions, newest)
+        infos = yield OnEachPrimary(("INFO", "memory"))  # a cluster's data set is on them all
+        return int(n_s), int(n_u), oldest, newest, sum(_used_memory(i) for i in infos)
+
+    def totals(self, sids: Sequence[str]) -> Op[int]:
+        if not sids:
+            return 0
+        field = "total_interactions"
+        rows = yield Batch(tuple(("HGET", self.keys.session(s), field) for s in sids))
+        return sum(int(r) for r in rows if r is not None)
+
+
+def _summary_rows(rows: Reply) -> list[dict[str, str] | None]:
+    return [
+        None if not row or row[0] is None else {f: text(v) for f, v in zip(SUMMARY_FIELDS, row)}
+        for row in rows
+    ]
+
+
+# Kept here, not in scripts.py: single servers only (it reads keys of many slots).
+# KEYS[1] an activity index (ZSET); ARGV[1] ARGV[2] ZREVRANGE start and stop, ARGV[3] ARGV[4]
+# the session hash key's head and tail around the id, ARGV[5..] the fields to read.
+# Reply: {ids, rows}: each row the HMGET of that session's fields (all nil once it is gone).
+PAGE_SUMMARIES = Script(
+    "page_summaries",
+    """
+local ids = redis.call('ZREVRANGE', KEYS[1], ARGV[1], ARGV[2])
+local rows = {}
+for i, sid in ipairs(ids) do
+  rows[i] = redis.call('HMGET', ARGV[3] .. sid .. ARGV[4], unpack(ARGV, 5))
+end
+return {ids, rows}
+""",
+)
+
+
+def _used_memory(info: Reply) -> int:
+    if isinstance(info, dict):
+        return int(info.get("used_memory", 0))
+    for line in text(info).splitlines():
+        if line.startswith("used_memory:"):
+            return int(line.partition(":")[2])
+    return 0
