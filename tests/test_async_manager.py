@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import redis
 
 from redsession import (
     AsyncSessionManager,
@@ -17,6 +21,7 @@ from redsession import (
     StorageUnavailable,
 )
 from tests.conftest import ServerFactory
+from tests.topology import Cluster, async_cluster_manager
 
 
 async def test_lifecycle(amanager: AsyncSessionManager) -> None:
@@ -123,3 +128,127 @@ def test_both_managers_have_the_same_methods_and_signatures() -> None:
             assert sig.return_annotation.startswith("Iterator["), name
         else:
             assert a.return_annotation == sig.return_annotation, name
+
+
+# -- Redis restarts: stale pooled connections ------------------------------------------------
+
+RESTARTS = 20  # the first calls after a restart raced the pool: each cycle is another chance
+WARM = 8  # concurrent calls: that many pooled connections
+
+
+def _connected_clients(url: str) -> int:
+    with redis.Redis.from_url(url) as probe:
+        return int(probe.info("clients")["connected_clients"]) - 1  # less the probe itself
+
+
+async def _calls(m: AsyncSessionManager, sid: str, tag: str) -> list[str]:
+    """Sequential calls, then concurrent ones; every one must succeed. Returns the messages.
+
+    The pool hands out its most recently used connection first, so sequential calls reuse
+    one connection; the concurrent ones check out every other pooled connection as well.
+    """
+    texts = [f"{tag}.{i}" for i in range(3 + WARM)]
+    for text in texts[:3]:
+        await m.log_interaction(sid, user_message=text)
+    await asyncio.gather(*(m.log_interaction(sid, user_message=t) for t in texts[3:]))
+    return texts
+
+
+async def test_pooled_connections_are_replaced_after_restarts(
+    server_factory: ServerFactory,
+) -> None:
+    """Every call after a restart works: checkout replaces the connections the old server
+    closed, before sending (no call is retried, so a lost reply never duplicates a write)."""
+    server = server_factory()
+    m = AsyncSessionManager.from_url(server.url, socket_timeout=1.0, connect_timeout=0.5)
+    try:
+        sid = (await m.create_session("alice")).session_id
+        await asyncio.gather(*(m.get_session(sid) for _ in range(WARM)))
+        assert _connected_clients(server.url) == WARM
+        sent: list[str] = []
+        for cycle in range(RESTARTS):
+            server.restart()  # blocks the loop: it has not yet read the closes it will find
+            sent += await _calls(m, sid, str(cycle))
+        history = [x.user_message for x in await m.get_history(sid)]
+        assert sorted(history) == sorted(sent)  # all kept by the AOF, none twice
+    finally:
+        await m.close()
+
+
+async def test_call_while_down_fails_fast_then_the_next_calls_work(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory()
+    m = AsyncSessionManager.from_url(server.url, socket_timeout=0.5, connect_timeout=0.5)
+    try:
+        sid = (await m.create_session("alice")).session_id
+        await asyncio.gather(*(m.get_session(sid) for _ in range(WARM)))
+        server.stop()
+        t = time.monotonic()
+        with pytest.raises(StorageUnavailable):
+            await m.log_interaction(sid, user_message="down")
+        assert time.monotonic() - t < 1.0  # within about socket_timeout (0.5 s), not a hang
+        server.start()
+        sent = await _calls(m, sid, "up")
+        assert sorted(x.user_message for x in await m.get_history(sid)) == sorted(sent)
+    finally:
+        await m.close()
+
+
+def _cluster_ok(cluster: Cluster) -> bool:
+    for port in cluster.ports:
+        try:
+            with redis.Redis(port=port, socket_timeout=1.0) as c:
+                if c.cluster("info")["cluster_state"] != "ok":
+                    return False
+        except redis.ConnectionError:
+            return False
+    return True
+
+
+@pytest.mark.slow
+async def test_cluster_node_connections_are_replaced_after_restarts(tmp_path: Path) -> None:
+    """The cluster's node connections (its own, not a pool's) get the same checkout check.
+
+    A restarted primary refuses commands for its first 2 s (Redis' CLUSTER_WRITABLE_DELAY),
+    so real restarts are few; the 20 cycles close every client connection server-side
+    (CLIENT KILL), which leaves the client in the same state as a restart does.
+    """
+    with Cluster(tmp_path / "cluster", masters=3, replicas=0) as cluster:
+        m = async_cluster_manager(cluster, socket_timeout=1.0, connect_timeout=0.5)
+        try:
+            owners: dict[int, str] = {}  # primary's port -> a session stored there
+            with cluster.client() as c:
+                while len(owners) < cluster.masters:
+                    sid = (await m.create_session("alice")).session_id
+                    owners.setdefault(c.get_node_from_key(sid).port, sid)
+            sids = list(owners.values())
+            await asyncio.gather(*(m.get_session(sid) for sid in sids for _ in range(3)))
+
+            async def cycle(n: int, close: Callable[[], None]) -> None:
+                close()
+                for sid in sids:  # a node hands out its connections in turn: each from before
+                    await m.log_interaction(sid, user_message=str(n))
+                await asyncio.gather(*(m.get_session(sid) for sid in sids for _ in range(3)))
+
+            def restart() -> None:
+                for server in cluster.servers:
+                    server.restart()
+                deadline = time.monotonic() + 15
+                while not _cluster_ok(cluster):
+                    assert time.monotonic() < deadline, "the cluster did not come back"
+                    time.sleep(0.05)
+
+            def kill_clients() -> None:
+                for port in cluster.ports:
+                    with redis.Redis(port=port) as c:
+                        assert c.client_kill_filter(_type="normal", skipme=True) > 0
+
+            for n in range(2):
+                await cycle(n, restart)
+            for n in range(2, 2 + RESTARTS):
+                await cycle(n, kill_clients)
+            for sid in sids:
+                assert (await m.get_session(sid)).total_interactions == 2 + RESTARTS
+        finally:
+            await m.close()

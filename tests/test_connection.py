@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -12,7 +13,13 @@ import redis.sentinel
 
 from redsession import ConfigError, SessionManager, StorageUnavailable
 from redsession.config import Settings
-from redsession.storage.connection import async_client, parse_url, sync_client
+from redsession.storage.connection import (
+    _NodeConnection,
+    _ReplaceClosed,
+    async_client,
+    parse_url,
+    sync_client,
+)
 from tests.topology import free_ports
 
 S = Settings()
@@ -144,3 +151,44 @@ def test_unix_socket(server_factory: object) -> None:
     with SessionManager.from_url(f"unix://{sock}?db=0") as m:
         sid = m.create_session("alice").session_id
         assert m.get_session(sid).user_id == "alice"
+
+
+# -- asyncio: a checkout replaces a connection the server has closed ------------------------
+
+
+async def test_async_checkout_replaces_connections_the_server_closed(redis_url: str) -> None:
+    c = async_client(redis_url, S)
+    try:
+        assert await asyncio.gather(*(c.ping() for _ in range(4))) == [True] * 4
+        with redis.Redis.from_url(redis_url) as admin:  # sync: the loop reads nothing meanwhile
+            assert admin.client_kill_filter(_type="normal", skipme=True) == 4
+        assert await c.ping()  # the pool's most recent connection
+        assert await asyncio.gather(*(c.ping() for _ in range(4))) == [True] * 4  # and the rest
+    finally:
+        await c.aclose()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1:1/0", "rediss://127.0.0.1:1/0", "unix:///nowhere.sock?db=0",
+     "redis+sentinel://127.0.0.1:1/svc", "rediss+sentinel://127.0.0.1:1/svc"],
+)  # fmt: skip
+async def test_every_async_pool_checks_connections_on_checkout(url: str) -> None:
+    c = async_client(url, S)
+    assert isinstance(c, redis.asyncio.Redis)
+    assert isinstance(c.connection_pool, _ReplaceClosed)
+    await c.aclose()
+
+
+@pytest.mark.parametrize("scheme", ["redis+cluster", "rediss+cluster"])
+async def test_async_cluster_nodes_check_connections_on_checkout(scheme: str) -> None:
+    c = async_client(f"{scheme}://127.0.0.1:1", S)
+    assert isinstance(c, redis.asyncio.RedisCluster)
+    nodes = c.nodes_manager
+    # Nodes found later are built from connection_kwargs; the startup nodes already exist.
+    classes = [nodes.connection_kwargs["connection_class"]]
+    classes += [n.connection_class for n in nodes.startup_nodes.values()]
+    for cls in classes:
+        assert issubclass(cls, _NodeConnection)
+        assert issubclass(cls, redis.asyncio.SSLConnection) == scheme.startswith("rediss")
+    await c.aclose()

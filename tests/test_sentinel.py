@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio
 
 from redsession import AsyncSessionManager, SessionManager, StorageError
@@ -128,3 +130,30 @@ def test_kill_master_under_write_load(
     # Replication is asynchronous: at most the writes in flight to the replica at the kill,
     # one per writer here (each waits for its reply before the next).
     assert lost <= WRITERS
+
+
+async def test_async_pool_replaces_connections_after_master_restarts(tmp_path: Path) -> None:
+    """As on one server (test_async_manager.py), through Sentinel: every call after a restart
+    of the master works. Its own setup: the module's has failed over, and its new master
+    would restart as the replica it was started as."""
+    with SentinelSetup(tmp_path) as setup:
+        assert setup.master is not None
+        port = setup.master_port()
+        m = AsyncSessionManager.from_url(setup.url, socket_timeout=1.0, connect_timeout=0.5)
+        try:
+            sid = (await m.create_session("carol")).session_id
+            await asyncio.gather(*(m.get_session(sid) for _ in range(8)))
+            sent: list[str] = []
+            for cycle in range(10):
+                with redis.Redis(port=port) as c:  # or SIGTERM waits up to 1 s for a replica ack
+                    c.config_set("shutdown-timeout", 0)
+                setup.master.restart()  # then ~0.1 s: well below down-after (1 s), no failover
+                texts = [f"{cycle}.{i}" for i in range(11)]
+                for text in texts[:3]:  # sequential: the pool's most recent connection
+                    await m.log_interaction(sid, user_message=text)
+                await asyncio.gather(*(m.log_interaction(sid, user_message=t) for t in texts[3:]))
+                sent += texts
+            assert setup.master_port() == port
+            assert sorted(x.user_message for x in await m.get_history(sid)) == sorted(sent)
+        finally:
+            await m.close()

@@ -12,6 +12,8 @@ URL forms (``rediss`` instead of ``redis`` means TLS in every form):
 
 from __future__ import annotations
 
+import select
+import socket
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -22,6 +24,7 @@ import redis.asyncio.cluster
 import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
+from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
@@ -80,6 +83,95 @@ def _tls_options(settings: Settings) -> dict[str, Any]:
         "ssl_check_hostname": settings.tls_check_hostname,
         **{name: str(path) for name, path in paths.items() if path is not None},
     }
+
+
+# -- asyncio: a checkout replaces a connection the server has closed -------------------------
+#
+# redis-py's sync pools do (their can_read() raises on EOF). Its asyncio pool (8.1) does not
+# when maintenance notifications are on, and they are by default with RESP3: its checkout
+# then ignores a stream at EOF, so after a Redis restart the first command on each pooled
+# connection failed (redis-py issue 4252). Its cluster nodes check nothing at checkout. Even
+# the EOF check sees only what the event loop has read. The check below asks the kernel: one
+# non-blocking poll, no round trip, nothing sent, so no command can run twice.
+
+_POLL = getattr(select, "poll", None)  # not on Windows: there only the loop's view counts
+_RDHUP = getattr(select, "POLLRDHUP", 0)  # Linux: the peer has closed (its FIN arrived)
+_GONE = (select.POLLHUP | select.POLLERR | select.POLLNVAL | _RDHUP) if _POLL else 0
+
+
+def _closed_by_server(conn: AbstractConnection) -> bool:
+    """Whether the server has closed this idle connection (FIN or reset received).
+
+    Right after a restart a caller may reach the pool before the loop has run at all.
+    """
+    reader, writer = conn._reader, conn._writer
+    if reader is None or writer is None:
+        return False  # not connected: the checkout connects it
+    if writer.transport.is_closing() or reader.at_eof():
+        return True
+    sock = writer.get_extra_info("socket")
+    if sock is None or _POLL is None:
+        return False
+    poller = _POLL()
+    poller.register(sock, select.POLLIN | _RDHUP)
+    events = poller.poll(0)
+    if not events:
+        return False
+    if events[0][1] & _GONE:
+        return True
+    if _RDHUP:
+        return False  # bytes are waiting but no FIN: a push message, for redis-py to read
+    try:  # without POLLRDHUP only a peek tells EOF from data
+        with sock.dup() as peer:
+            data: bytes = peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        return data == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+class _ReplaceClosed(redis.asyncio.ConnectionPool):
+    """Checkout replaces a pooled connection the server has closed, before sending on it."""
+
+    async def ensure_connection(self, connection: AbstractConnection) -> None:
+        if _closed_by_server(connection):
+            await connection.disconnect(nowait=True)
+        await super().ensure_connection(connection)
+
+
+class _AsyncPool(_ReplaceClosed, redis.asyncio.BlockingConnectionPool):
+    pass
+
+
+class _AsyncSentinelPool(_ReplaceClosed, redis.asyncio.sentinel.SentinelConnectionPool):
+    pass
+
+
+class _NodeConnection(redis.asyncio.Connection):
+    """A cluster node's connection: the node asks should_reconnect() as it checks one out."""
+
+    def should_reconnect(self) -> bool:
+        return super().should_reconnect() or _closed_by_server(self)  # type: ignore[no-untyped-call]
+
+
+class _NodeSSLConnection(_NodeConnection, redis.asyncio.SSLConnection):
+    pass
+
+
+class _AsyncCluster(redis.asyncio.RedisCluster):
+    """RedisCluster whose node connections are replaced once the server has closed them."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # No parameter names the connection class: every node, found now or later, is built
+        # from these kwargs. Set before the first command, so before any connection exists.
+        node_kwargs = self.nodes_manager.connection_kwargs
+        ssl = issubclass(node_kwargs["connection_class"], redis.asyncio.SSLConnection)
+        cls = _NodeSSLConnection if ssl else _NodeConnection
+        node_kwargs["connection_class"] = cls
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = cls
 
 
 class _SentinelMaster(redis.Redis):
@@ -203,15 +295,16 @@ class _Flavour:
     node: Any
     sentinel: Any
     master: Any
+    master_pool: Any
 
 
 _SYNC = _Flavour(
     redis.BlockingConnectionPool, redis.Redis, redis.RedisCluster, redis.cluster.ClusterNode,
-    redis.sentinel.Sentinel, _SentinelMaster,
+    redis.sentinel.Sentinel, _SentinelMaster, redis.sentinel.SentinelConnectionPool,
 )  # fmt: skip
 _ASYNC = _Flavour(
-    redis.asyncio.BlockingConnectionPool, redis.asyncio.Redis, redis.asyncio.RedisCluster,
-    redis.asyncio.cluster.ClusterNode, redis.asyncio.sentinel.Sentinel, _AsyncSentinelMaster,
+    _AsyncPool, redis.asyncio.Redis, _AsyncCluster, redis.asyncio.cluster.ClusterNode,
+    redis.asyncio.sentinel.Sentinel, _AsyncSentinelMaster, _AsyncSentinelPool,
 )  # fmt: skip
 
 
@@ -230,8 +323,9 @@ def _client(url: str | None, settings: Settings, f: _Flavour) -> Any:
         sentinel_opts = {k: v for k, v in opts.items() if k != "decode_responses"}
         sentinel = f.sentinel(list(t.nodes), sentinel_kwargs=sentinel_opts)
         return sentinel.master_for(
-            t.service, redis_class=f.master, db=t.db, **opts, **_auth(t)
-        )
+            t.service, redis_class=f.master, connection_pool_class=f.master_pool, db=t.db,
+            **opts, **_auth(t),
+        )  # fmt: skip
     except (redis.ConnectionError, redis.TimeoutError, RedisClusterException) as e:
         # RedisCluster reads the topology at construction: no startup node answered.
         raise StorageUnavailable(f"Redis at {t.url!r} is unavailable: {e}") from e
