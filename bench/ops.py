@@ -276,9 +276,15 @@ def _hash(flat: list[bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in zip(it, it)}
 
 
+def _record(r: bytes) -> Any:
+    # The datasets are shared: a record may be redsession's ("TIME ID KIND BODY") or the raw
+    # store's own JSON.
+    return orjson.loads(r if r[:1] == b"{" else r.split(b" ", 3)[3])
+
+
 def _resume_result(reply: Any) -> dict[str, Any]:
     h: dict[str, Any] = _hash(reply[0])
-    h["history"] = [orjson.loads(r) for r in reply[1]]
+    h["history"] = [_record(r) for r in reply[1]]
     return h
 
 
@@ -294,8 +300,8 @@ def _export_result(reply: Any) -> dict[str, Any]:
     h: dict[str, Any] = _hash(reply[0])
     for f in ("context", "topics", "merged_from"):
         h[f] = orjson.loads(h[f])
-    return {"format": "redsession.session", "version": 1, "session": h,
-            "interactions": [orjson.loads(r) for r in reply[1]]}  # fmt: skip
+    return {"format": "redsession.session", "version": 2, "session": h,
+            "history": [_record(r) for r in reply[1]]}  # fmt: skip
 
 
 class Raw(Impl):

@@ -27,6 +27,7 @@ from redsession.maintenance.snapshots import DumpReport, Progress
 from redsession.manager import ManagerBase
 from redsession.model.models import (
     Interaction,
+    Item,
     Session,
     SessionExport,
     SessionPage,
@@ -145,8 +146,23 @@ class AsyncSessionManager(ManagerBase):
         limit: int | None = None,
         before: int | None = None,
         user_id: str | None = None,
-    ) -> list[Interaction]:
-        return await self.run(history.get_history(self.core, session_id, limit, before, user_id))
+        touch: bool = False,
+    ) -> list[Interaction | Item]:
+        return await self.run(
+            history.get_history(self.core, session_id, limit, before, user_id, touch)
+        )
+
+    async def history_since(
+        self,
+        session_id: str,
+        since: datetime,
+        *,
+        user_id: str | None = None,
+        touch: bool = False,
+    ) -> list[Interaction | Item]:
+        return await self.run(
+            history.history_since(self.core, session_id, since, user_id, touch)
+        )
 
     async def log_interaction(
         self,
@@ -163,6 +179,49 @@ class AsyncSessionManager(ManagerBase):
                 self.core, session_id, user_message, assistant_response, metadata, topics, user_id
             )
         )
+
+    async def append_items(
+        self,
+        session_id: str,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        user_id: str | None = None,
+        ids: Sequence[str] | None = None,
+        topics: Sequence[str] | None = None,
+        create_for: str | None = None,
+    ) -> list[Item]:
+        return await self.run(
+            history.append_items(
+                self.core, session_id, items, user_id, ids, topics, create_for
+            )
+        )
+
+    async def get_items(
+        self,
+        session_id: str,
+        *,
+        limit: int | None = None,
+        user_id: str | None = None,
+        touch: bool = True,
+    ) -> list[dict[str, Any]]:
+        return await self.run(history.get_items(self.core, session_id, limit, user_id, touch))
+
+    async def pop_item(
+        self, session_id: str, *, user_id: str | None = None
+    ) -> dict[str, Any] | None:
+        return await self.run(history.pop_item(self.core, session_id, user_id))
+
+    async def replace_history(
+        self,
+        session_id: str,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        user_id: str | None = None,
+    ) -> list[Item]:
+        return await self.run(history.replace_history(self.core, session_id, items, user_id))
+
+    async def clear_history(self, session_id: str, *, user_id: str | None = None) -> None:
+        await self.run(history.clear_history(self.core, session_id, user_id))
 
     # -- whole sessions ------------------------------------------------------------------
 

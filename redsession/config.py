@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     max_topics: int = Field(default=256, gt=0)
     # Nesting depth of context, preferences and metadata; deep nesting is a parser attack.
     max_json_depth: int = Field(default=32, gt=0)
+    # Framework items per append_items / replace_history call: bounds one script's arguments.
+    max_append_items: int = Field(default=10_000, gt=0)
+    # App instances' clocks may disagree by this much: reads of the entries after a time
+    # look this far further back, so an entry stamped by a slow clock is not missed.
+    clock_skew: timedelta = Field(default=timedelta(seconds=5), ge=timedelta(0))
     # How many recent interactions resume_session returns with the session.
     resume_history: int = Field(default=20, ge=0)
     # Optimistic context updates retry this often under contention before giving up.

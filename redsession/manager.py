@@ -26,6 +26,7 @@ from redsession.maintenance.rotation import RotationReport
 from redsession.maintenance.snapshots import DumpReport, Progress
 from redsession.model.models import (
     Interaction,
+    Item,
     Session,
     SessionExport,
     SessionPage,
@@ -180,9 +181,26 @@ class SessionManager(ManagerBase):
         limit: int | None = None,
         before: int | None = None,
         user_id: str | None = None,
-    ) -> list[Interaction]:
-        """Interactions oldest first: the newest ``limit`` of those at positions < ``before``."""
-        return self.run(history.get_history(self.core, session_id, limit, before, user_id))
+        touch: bool = False,
+    ) -> list[Interaction | Item]:
+        """Entries oldest first: the newest ``limit`` of those at positions < ``before``.
+
+        ``touch`` counts the read as activity (slides the expiry), as a resume does.
+        """
+        return self.run(
+            history.get_history(self.core, session_id, limit, before, user_id, touch)
+        )
+
+    def history_since(
+        self,
+        session_id: str,
+        since: datetime,
+        *,
+        user_id: str | None = None,
+        touch: bool = False,
+    ) -> list[Interaction | Item]:
+        """The entries whose time is ``since`` or later, oldest first: O(what it returns)."""
+        return self.run(history.history_since(self.core, session_id, since, user_id, touch))
 
     def log_interaction(
         self,
@@ -200,6 +218,57 @@ class SessionManager(ManagerBase):
                 self.core, session_id, user_message, assistant_response, metadata, topics, user_id
             )
         )
+
+    def append_items(
+        self,
+        session_id: str,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        user_id: str | None = None,
+        ids: Sequence[str] | None = None,
+        topics: Sequence[str] | None = None,
+        create_for: str | None = None,
+    ) -> list[Item]:
+        """Append framework items (JSON objects, stored as given) in one round trip.
+
+        ``ids`` names them (default: generated); ``create_for`` creates the session for that
+        user if it does not exist yet (never one that was deleted or merged).
+        """
+        return self.run(
+            history.append_items(
+                self.core, session_id, items, user_id, ids, topics, create_for
+            )
+        )
+
+    def get_items(
+        self,
+        session_id: str,
+        *,
+        limit: int | None = None,
+        user_id: str | None = None,
+        touch: bool = True,
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` items (None: all, 0 or less: none), oldest first, as a
+        framework reads them: an interaction is the user's item, then the assistant's."""
+        return self.run(history.get_items(self.core, session_id, limit, user_id, touch))
+
+    def pop_item(self, session_id: str, *, user_id: str | None = None) -> dict[str, Any] | None:
+        """Remove and return the newest item; None when the history is empty."""
+        return self.run(history.pop_item(self.core, session_id, user_id))
+
+    def replace_history(
+        self,
+        session_id: str,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        user_id: str | None = None,
+    ) -> list[Item]:
+        """Make ``items`` the whole history in one atomic step (compaction)."""
+        return self.run(history.replace_history(self.core, session_id, items, user_id))
+
+    def clear_history(self, session_id: str, *, user_id: str | None = None) -> None:
+        """Remove every history entry; the session, its context and topics stay."""
+        self.run(history.clear_history(self.core, session_id, user_id))
 
     # -- whole sessions ------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from redsession.errors import ConfigError
 from redsession.maintenance.backup import (
     archive_name,
     archive_time,
@@ -123,3 +124,33 @@ def test_run_backup_writes_then_prunes(tmp_path: Path) -> None:
         "sessions/b.json",
         "sessions/quarantine/bad.json",
     }
+
+
+@pytest.mark.parametrize("planted", ["backups", "sessions"])
+def test_a_symlink_planted_in_data_dir_stops_the_backup(tmp_path: Path, planted: str) -> None:
+    data_dir, outside = tmp_path / "data", tmp_path / "outside"
+    make_sessions(data_dir)
+    outside.mkdir()
+    (outside / "secret.json").write_text("not ours")
+    if planted == "sessions":
+        (data_dir / "sessions").rename(tmp_path / "real-sessions")
+    (data_dir / planted).symlink_to(outside)
+    with pytest.raises(ConfigError, match=f"{planted} is a symlink; refusing"):
+        write_backup(data_dir, now=T0)
+    # No archive (nor its temp file) went outside data_dir, nor was any of outside's archived.
+    assert os.listdir(outside) == ["secret.json"]
+    if planted == "sessions":
+        assert not (data_dir / "backups").exists()
+
+
+def test_backups_that_is_not_a_folder_is_a_config_error(tmp_path: Path) -> None:
+    make_sessions(tmp_path)
+    (tmp_path / "backups").write_text("a file")
+    with pytest.raises(ConfigError, match="backups is not a directory"):
+        write_backup(tmp_path, now=T0)
+
+
+def test_backups_folder_is_owner_only(tmp_path: Path) -> None:
+    make_sessions(tmp_path)
+    archive, _ = write_backup(tmp_path, now=T0)
+    assert archive.parent.stat().st_mode & 0o777 == 0o700

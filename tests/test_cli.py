@@ -842,7 +842,7 @@ def _generated(i: int, now: Any) -> dict[str, Any]:
             "topics": [f"t{j}" for j in range(i % 4)],
             "version": i % 5,
         },
-        "interactions": interactions,
+        "history": [{"kind": "interaction", **i} for i in interactions],
         "expires_at": now + timedelta(days=7, seconds=i),
     })  # fmt: skip
     return doc.model_dump(mode="json")
@@ -907,3 +907,66 @@ def test_rotate_keys(invoke: Callable[..., Result], redis_url: str, data_dir: Pa
     assert "re-encrypted 0 session(s)" in invoke("rotate-keys").stdout
     with SessionManager.from_url(redis_url, encryption_keys=[new]) as m:
         assert m.get_session(sid, history=1).history[0].assistant_response == "answer 1"
+
+
+# -- planted symlinks and keys that open no dump (issue 20) ----------------------------------
+
+
+def test_decryption_errors_are_configuration_errors() -> None:
+    from redsession.errors import DecryptionError
+
+    assert cli_errors.classify(DecryptionError("no key opens it"))[0] == cli_errors.EXIT_USAGE
+
+
+def test_restore_and_dump_stop_at_a_planted_symlink_in_one_line(
+    invoke: Callable[..., Result], manager: SessionManager, data_dir: Path, tmp_path: Path
+) -> None:
+    _session(manager)
+    assert invoke("dump").exit_code == 0
+    folder = sessions_dir(data_dir)
+    (folder / "broken.json").write_text("{ not json")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (folder / "quarantine").symlink_to(outside)
+    line = _one_line_error(invoke("restore"), cli_errors.EXIT_USAGE)
+    assert "quarantine is a symlink; refusing to write through it" in line
+    assert os.listdir(outside) == []
+    assert (folder / "broken.json").read_text() == "{ not json"
+
+    (folder / "quarantine").unlink()
+    folder.rename(outside / "sessions")
+    folder.symlink_to(outside / "sessions")
+    line = _one_line_error(invoke("dump"), cli_errors.EXIT_USAGE)
+    assert "sessions is a symlink; refusing to write through it" in line
+    assert "sessions is a symlink" in _one_line_error(invoke("restore"), cli_errors.EXIT_USAGE)
+    assert sorted(os.listdir(outside / "sessions")) == sorted(os.listdir(folder))
+
+
+def test_restore_under_keys_that_open_no_dump_exits_2_in_one_line(
+    invoke: Callable[..., Result], redis_url: str, data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    import hashlib
+
+    from cryptography.fernet import Fernet
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings = Settings(data_dir=data_dir, encryption_keys=[old])
+    with SessionManager(redis.Redis.from_url(redis_url), settings) as m:
+        ids = {_session(m) for _ in range(2)}
+        m.dump_sessions()
+        m.client.flushall()
+    folder = sessions_dir(data_dir)
+    before = sorted(os.listdir(folder))
+    monkeypatch.setenv("REDSESSION_ENCRYPTION_KEYS", new)
+    line = _one_line_error(invoke("restore"), cli_errors.EXIT_USAGE)
+    assert "no configured encryption key opens 2 of the 2 encrypted dump files" in line
+    assert f"tried 1 key(s), fingerprints {hashlib.sha256(new.encode()).hexdigest()[:8]} " in line
+    assert "`redsession rotate-keys` is not the fix" in line
+    assert sorted(os.listdir(folder)) == before  # nothing quarantined
+    monkeypatch.setenv("REDSESSION_ENCRYPTION_KEYS", f"{new},{old}")
+    result = invoke("restore")
+    assert result.exit_code == 0, result.stderr
+    assert "restored 2" in result.stdout
+    with SessionManager.from_url(redis_url, encryption_keys=[new, old]) as m:
+        assert set(m.iter_session_ids()) == ids

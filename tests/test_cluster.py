@@ -276,7 +276,7 @@ def test_merge_interrupted_at_every_step_then_rerun(
     assert steps >= 6  # read both, write the primary + its index step, retire the secondary + its
     m._driver = SyncDriver(m.client)
     want_export = m.export_session_data("prim")
-    assert [i["user_message"] for i in want_export["interactions"]] == [
+    assert [i["user_message"] for i in want_export["history"]] == [
         "a0", "b0", "a1", "b1", "a2", "b2"
     ]  # fmt: skip
     want_index = _index_state(client)

@@ -14,9 +14,9 @@ import orjson
 import pytest
 import redis
 
-from redsession import SessionManager
+from redsession import SessionManager, files
 from redsession.config import Settings
-from redsession.errors import InvalidInput, SessionMerged, SessionNotFound
+from redsession.errors import ConfigError, InvalidInput, SessionMerged, SessionNotFound
 from redsession.maintenance import restore
 from redsession.maintenance.restore import RestoreReport
 from redsession.maintenance.snapshots import DumpReport, remove_dump_files, sessions_dir
@@ -273,7 +273,7 @@ def test_restore_replaces_only_older_live_sessions(manager: SessionManager, data
                     "total_interactions": 0,
                 }
             ),
-            "interactions": [],
+            "history": [],
         }
     )
     manager.import_session_data(stale, overwrite=True)
@@ -380,11 +380,11 @@ def _bad_documents(good_bytes: bytes) -> dict[str, bytes]:
         "garbage": b"\x00\xff" + os.urandom(300),
         "empty": b"",
         "not-an-object": b"[1, 2, 3]",
-        "wrong-version": variant("wrong-version", version=2),
+        "wrong-version": variant("wrong-version", version=3),
         "wrong-format": variant("wrong-format", format="something.else"),
         "no-session": variant("no-session", session=None),
         "extra-field": variant("extra-field", surprise=True),
-        "bad-count": variant("bad-count", interactions=[]),
+        "bad-count": variant("bad-count", history=[]),
         "escaping": orjson.dumps(escaping),
         "other-id": good_bytes,  # a valid document, under another session's name
         "a.b": variant("a.b"),
@@ -496,3 +496,126 @@ def test_restore_removes_only_stale_temp_files(manager: SessionManager, data_dir
     assert not stale.exists()
     assert fresh.exists()
     assert (folder / f"{sid}.json").exists()
+
+
+# -- symlinks planted inside data_dir (issue 20) ---------------------------------------------
+
+
+def test_ensure_dir_makes_owner_only_folders_and_refuses_symlinks_below_the_root(
+    tmp_path: Path,
+) -> None:
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert files.ensure_dir(root / "a" / "b", root) == root / "a" / "b"
+    assert (root / "a" / "b").is_dir()
+    assert all((root / p).stat().st_mode & 0o777 == 0o700 for p in ("", "a", "a/b"))
+    assert files.ensure_dir(root / "c" / "d", root, create=False) == root / "c" / "d"
+    assert not (root / "c").exists()  # create=False only checks
+
+    (root / "link").symlink_to(elsewhere)
+    (root / "a" / "file").write_text("x")
+    (root / "a" / "dangling").symlink_to(tmp_path / "missing")
+    for path, why in [
+        (root / "link", "link is a symlink; refusing to write through it"),
+        (root / "link" / "x", "link is a symlink"),  # a symlink at any level below the root
+        (root / "a" / "dangling", "dangling is a symlink"),
+        (root / "a" / "file" / "x", "file is not a directory"),
+    ]:
+        for create in (True, False):
+            with pytest.raises(ConfigError, match=why):
+                files.ensure_dir(path, root, create=create)
+    assert os.listdir(elsewhere) == []
+    assert not (tmp_path / "missing").exists()
+
+    # The root itself is the operator's choice: followed even when it is a symlink.
+    (tmp_path / "root-link").symlink_to(root)
+    assert files.ensure_dir(tmp_path / "root-link" / "a" / "e", tmp_path / "root-link").is_dir()
+    assert (root / "a" / "e").is_dir()
+
+
+def test_restore_refuses_a_symlinked_quarantine_before_moving_anything(
+    manager: SessionManager, data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = _populate(manager, 3, interactions=1)
+    manager.dump_sessions()
+    folder = sessions_dir(data_dir)
+    (folder / "corrupt.json").write_bytes(b"{ not json")
+    (folder / "also-corrupt.json").write_bytes(b"[]")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (folder / "quarantine").symlink_to(outside)
+    before = _tree(folder, exclude=folder / "quarantine")
+    manager.client.flushall()
+
+    with pytest.raises(ConfigError, match="quarantine is a symlink; refusing to write through"):
+        manager.restore_sessions()
+    assert os.listdir(outside) == []  # nothing moved out of data_dir
+    assert _tree(folder, exclude=folder / "quarantine") == before  # nothing moved at all
+    assert "left in place" not in caplog.text  # stopped up front, not skipped file by file
+    assert list(manager.iter_session_ids()) == []  # and nothing restored
+    # A restore from another folder copies its bad files to the same quarantine: refused too.
+    other = tmp_path / "extracted-backup"
+    other.mkdir()
+    (other / "bad.json").write_bytes(b"{")
+    with pytest.raises(ConfigError, match="quarantine is a symlink"):
+        manager.restore_sessions(other)
+    assert os.listdir(outside) == []
+
+    (folder / "quarantine").unlink()
+    report = manager.restore_sessions()
+    assert (report.restored, report.quarantined) == (3, 2)
+    assert sorted(manager.iter_session_ids()) == sorted(ids)
+
+
+def test_restore_refuses_a_quarantine_that_is_not_a_folder(
+    manager: SessionManager, data_dir: Path
+) -> None:
+    folder = sessions_dir(data_dir)
+    folder.mkdir(parents=True)
+    (folder / "broken.json").write_bytes(b"{")
+    (folder / "quarantine").write_bytes(b"a file")
+    with pytest.raises(ConfigError, match="quarantine is not a directory"):
+        manager.restore_sessions()
+    assert (folder / "broken.json").read_bytes() == b"{"
+
+
+def test_restore_and_dump_refuse_a_symlinked_sessions_folder(
+    manager: SessionManager, data_dir: Path, tmp_path: Path
+) -> None:
+    ids = _populate(manager, 2, interactions=1)
+    manager.dump_sessions()
+    outside = tmp_path / "outside"
+    sessions_dir(data_dir).rename(outside)
+    sessions_dir(data_dir).symlink_to(outside)
+    (outside / "corrupt.json").write_bytes(b"{")
+    stale = outside / f".{ids[0]}.json.tmp-abc123"
+    stale.write_bytes(b"half")
+    old = time.time() - restore.STALE_TMP_SECONDS - 5
+    os.utime(stale, (old, old))
+    before = _tree(outside, exclude=data_dir)
+    manager.log_interaction(ids[1], user_message="dirty again")
+
+    with pytest.raises(ConfigError, match="sessions is a symlink"):
+        manager.dump_sessions()
+    assert dirty_ids(manager) == [ids[1]]  # not dumped: the next dump, once fixed, does it
+    manager.client.flushall()
+    with pytest.raises(ConfigError, match="sessions is a symlink"):
+        manager.restore_sessions()
+    assert _tree(outside, exclude=data_dir) == before  # nothing written, tidied or moved
+    assert not (outside / "quarantine").exists()
+    assert list(manager.iter_session_ids()) == []
+
+
+def test_a_symlinked_data_dir_is_the_operators_choice(redis_url: str, tmp_path: Path) -> None:
+    real = tmp_path / "volume"
+    real.mkdir()
+    (tmp_path / "data").symlink_to(real)
+    with _manager(redis_url, tmp_path / "data") as m:
+        (sid,) = _populate(m, 1)
+        assert m.dump_sessions().written == 1
+        (real / "sessions" / "bad.json").write_bytes(b"{")
+        m.client.flushall()
+        report = m.restore_sessions()
+        assert (report.restored, report.quarantined) == (1, 1)
+    assert (real / "sessions" / f"{sid}.json").is_file()
+    assert (real / "sessions" / "quarantine" / "bad.json").is_file()

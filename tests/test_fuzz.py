@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,14 @@ import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from redsession import AsyncSessionManager, RedsessionError, SessionManager, Settings
+from redsession import (
+    AsyncSessionManager,
+    InvalidInput,
+    RedsessionError,
+    SessionManager,
+    SessionNotFound,
+    Settings,
+)
 from redsession.maintenance.snapshots import sessions_dir
 from redsession.services.embedded import RedisServer
 from redsession.storage.keys import Keys
@@ -56,6 +64,7 @@ _weird_chars = st.sampled_from(
 )
 weird_text = st.one_of(
     st.text(max_size=40),
+    st.text(alphabet=st.characters(categories=["Cs"]), min_size=1, max_size=4),
     st.text(alphabet=st.characters(codec="utf-8"), max_size=40),
     st.lists(_weird_chars | st.text(max_size=3), max_size=12).map("".join),
     st.builds(lambda c, n: c * n, st.sampled_from(["a", "é", "\x00", "🙂"]), st.integers(0, 3000)),
@@ -138,6 +147,29 @@ def _calls(sids: list[str]) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
                 "user_id": opt_uid,
             },
         ),
+        "history_since": fb(
+            {"session_id": sid, "since": st.datetimes(timezones=st.just(timezone.utc)) | anything},
+            optional={"user_id": opt_uid, "touch": st.booleans()},
+        ),
+        "append_items": fb(
+            {"session_id": sid, "items": st.lists(obj, max_size=3) | anything},
+            optional={
+                "user_id": opt_uid,
+                "ids": st.none() | st.lists(weird_text, max_size=3) | anything,
+                "topics": topics,
+                "create_for": st.none() | uid,
+            },
+        ),
+        "get_items": fb(
+            {"session_id": sid},
+            optional={"limit": st.none() | count, "user_id": opt_uid, "touch": st.booleans()},
+        ),
+        "pop_item": fb({"session_id": sid}, optional={"user_id": opt_uid}),
+        "replace_history": fb(
+            {"session_id": sid, "items": st.lists(obj, max_size=3) | anything},
+            optional={"user_id": opt_uid},
+        ),
+        "clear_history": fb({"session_id": sid}, optional={"user_id": opt_uid}),
         "update_context": fb({"session_id": sid, "patch": obj}, optional={"user_id": opt_uid}),
         "set_preferences": fb({"user_id": uid, "prefs": obj}),
         "get_preferences": fb({"user_id": uid}),
@@ -168,39 +200,50 @@ def _calls(sids: list[str]) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
 
 
 def _export_docs(sid: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
-    """Export documents close enough to valid that they get past the first checks."""
-    ts = st.sampled_from(["2026-01-01T00:00:00Z", "2999-01-01T00:00:00+00:00", "nope", 0])
-    interaction = st.fixed_dictionaries(
-        {
-            "interaction_id": weird_text,
-            "timestamp": ts,
-            "user_message": weird_text,
-            "assistant_response": st.none() | weird_text,
-            "metadata": st.dictionaries(weird_text, json_like, max_size=3) | deep,
-            "topics": st.lists(weird_text, max_size=3),
-        }
-    )
-    return st.fixed_dictionaries(
-        {
-            "format": st.sampled_from(["redsession.session", "other"]),
-            "version": st.sampled_from([1, 2, "1"]),
-            "session": st.fixed_dictionaries(
-                {
-                    "session_id": sid,
-                    "user_id": st.sampled_from([ALICE, BOB]) | weird_text,
-                    "created_at": ts,
-                    "last_activity": ts,
-                    "total_interactions": st.integers(-1, 3),
-                    "context": st.dictionaries(weird_text, json_like, max_size=3) | deep,
-                    "topics": st.lists(weird_text, max_size=3),
-                    "version": st.integers(-1, 3),
-                    "merged_from": st.lists(sid, max_size=2),
-                }
-            ),
-            "interactions": st.lists(interaction, max_size=3),
-            "expires_at": ts,
-        }
-    )
+    """Export documents valid in everything but (mostly) one field, which is hostile.
+
+    A document wrong in many places fails its first check and never reaches the rest: a
+    lone surrogate in the session's topics, say, went untested that way.
+    """
+    return _one_bad_field(sid)
+
+
+_SURROGATES = st.text(alphabet=st.characters(categories=["Cs"]), min_size=1, max_size=3)
+
+
+def _valid_doc(version: int, sid: str) -> tuple[dict[str, Any], list[tuple[Any, Any]]]:
+    """A valid export document, and every place in it a caller's value sits."""
+    now = "2030-01-01T00:00:00Z"
+    entry = {"id": "e1", "timestamp": now, "user_message": "hi", "assistant_response": "yo",
+             "metadata": {"k": "v"}, "topics": ["t"]}  # fmt: skip
+    item = {"kind": "item", "id": "e2", "timestamp": now, "item": {"role": "user", "x": ["y"]}}
+    history = [entry] if version == 1 else [{"kind": "interaction", **entry}, item]
+    doc: dict[str, Any] = {
+        "format": "redsession.session", "version": version,
+        "session": {"session_id": sid, "user_id": ALICE, "created_at": now,
+                    "last_activity": now, "total_interactions": len(history),
+                    "context": {"c": "d"}, "topics": ["a"], "version": 0, "merged_from": []},
+        "interactions" if version == 1 else "history": history,
+        "expires_at": "2999-01-01T00:00:00Z",
+    }  # fmt: skip
+    targets: list[tuple[Any, Any]] = [(doc, k) for k in doc if k not in ("history", "interactions")]
+    for holder in (doc["session"], *history):
+        for k, v in holder.items():
+            targets.append((holder, k))
+            if isinstance(v, list) and v:
+                targets.append((v, 0))
+            if isinstance(v, dict):
+                targets += [(v, kk) for kk in v]
+    return doc, targets
+
+
+@st.composite
+def _one_bad_field(draw: st.DrawFn, sid: st.SearchStrategy[Any]) -> dict[str, Any]:
+    doc, targets = _valid_doc(draw(st.sampled_from([1, 2])), draw(sid))
+    for _ in range(draw(st.integers(0, 2))):
+        where, key = draw(st.sampled_from(targets))
+        where[key] = draw(st.one_of(_SURROGATES, weird_text, json_like, st.lists(_SURROGATES)))
+    return doc
 
 
 # -- fixtures ------------------------------------------------------------------------------
@@ -299,6 +342,56 @@ def test_manager_methods_fail_only_with_redsession_errors(
 
     run()
     assert _outside_data(fuzz_root) == set()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_lone_surrogate_anywhere_in_a_document_is_invalid_input(
+    fuzz_manager: SessionManager, version: int
+) -> None:
+    """Every place in an import document, in turn: a clear InvalidInput, nothing written."""
+    _, targets = _valid_doc(version, "surrogate-doc")
+    for n in range(len(targets)):
+        doc, places = _valid_doc(version, "surrogate-doc")
+        where, key = places[n]
+        if isinstance(where, dict) and key in ("metadata", "context", "item"):
+            where[key] = {"\ud800": 1}  # a key, too
+        else:
+            where[key] = "a\ud800" if not isinstance(where[key], list) else ["\udfff"]
+        with pytest.raises(RedsessionError):
+            fuzz_manager.import_session_data(doc)
+        with pytest.raises(RedsessionError):
+            fuzz_manager.import_session_data(_json_bytes(doc))
+    with pytest.raises(SessionNotFound):
+        fuzz_manager.get_session("surrogate-doc")
+
+
+def test_a_lone_surrogate_in_any_string_argument_is_invalid_input(
+    fuzz_manager: SessionManager, fresh: Callable[[], tuple[str, str, str]]
+) -> None:
+    a, _, _ = fresh()
+    bad = "x\udc80"
+    calls: list[Callable[[], object]] = [
+        lambda: fuzz_manager.log_interaction(a, user_message=bad),
+        lambda: fuzz_manager.log_interaction(a, user_message="ok", assistant_response=bad),
+        lambda: fuzz_manager.log_interaction(a, user_message="ok", topics=[bad]),
+        lambda: fuzz_manager.log_interaction(a, user_message="ok", metadata={bad: 1}),
+        lambda: fuzz_manager.append_items(a, [{"k": bad}]),
+        lambda: fuzz_manager.append_items(a, [{"k": 1}], topics=[bad]),
+        lambda: fuzz_manager.append_items(a, [{"k": 1}], ids=[bad]),
+        lambda: fuzz_manager.replace_history(a, [{bad: 1}]),
+        lambda: fuzz_manager.update_context(a, {"k": bad}),
+        lambda: fuzz_manager.set_preferences(ALICE, {"k": bad}),
+        lambda: fuzz_manager.create_session(ALICE, context={"k": [bad]}),
+        lambda: fuzz_manager.create_session(bad),
+        lambda: fuzz_manager.get_session(bad),
+        lambda: fuzz_manager.list_active_sessions(bad),
+        lambda: fuzz_manager.list_active_sessions(cursor=bad),
+    ]
+    before = fuzz_manager.export_session_data(a)
+    for call in calls:
+        with pytest.raises(InvalidInput):
+            call()
+    assert fuzz_manager.export_session_data(a) == before
 
 
 def test_a_user_never_reads_another_users_session(

@@ -512,7 +512,7 @@ def test_an_application_client_that_decodes_responses(
         assert s.topics == ["billing"]
         assert [x.session_id for x in m.list_active_sessions("alice").sessions] == [sid]
         doc = m.export_session_data(sid)
-        assert doc["interactions"][0]["metadata"] == {"n": 1}
+        assert doc["history"][0]["metadata"] == {"n": 1}
         _log(m, sid, "after the export")
         m.import_session_data(doc, overwrite=True)
         back = m.get_session(sid, history=5)
@@ -551,8 +551,8 @@ def test_export_import_round_trip_exact(manager: SessionManager, redis_client: r
     manager.update_context(sid, {"more": True})
     doc = manager.export_session_data(sid)
     assert doc["format"] == "redsession.session"
-    assert doc["version"] == 1
-    assert len(doc["interactions"]) == 5
+    assert doc["version"] == 2
+    assert len(doc["history"]) == 5
     ttl = redis_client.pexpiretime(K.session(sid))
     redis_client.flushall()
     assert manager.import_session_data(doc) == sid
@@ -577,14 +577,14 @@ def test_import_overwrite_moves_owner(manager: SessionManager) -> None:
     "mutate",
     [
         lambda d: d.update(format="other"),
-        lambda d: d.update(version=2),
+        lambda d: d.update(version=3),
         lambda d: d.pop("session"),
         lambda d: d["session"].update(session_id="../../etc/passwd"),
         lambda d: d["session"].update(user_id="a b"),
         lambda d: d["session"].update(total_interactions=99),
         lambda d: d.update(expires_at="2000-01-01T00:00:00Z"),
-        lambda d: d["interactions"].append(dict(d["interactions"][0])),
-        lambda d: d["interactions"][0].update(timestamp="yesterday"),
+        lambda d: d["history"].append(dict(d["history"][0])),
+        lambda d: d["history"][0].update(timestamp="yesterday"),
         lambda d: d["session"].update(extra_field=1),
     ],
 )
@@ -722,5 +722,79 @@ def test_hung_redis_times_out(server_factory: ServerFactory) -> None:
         finally:
             os.kill(server.pid, signal.SIGCONT)
         assert m.get_session(sid).session_id == sid
+    finally:
+        m.close()
+
+
+# -- Redis restarts: stale pooled connections (as in test_async_manager.py) -----------------
+
+RESTARTS = 20
+WARM = 8  # concurrent calls: up to that many pooled connections
+
+
+def _burst(m: SessionManager, sid: str, texts: list[str]) -> None:
+    """Log each of ``texts`` from its own thread, all at once; re-raise the first failure."""
+    failures: list[Exception] = []
+    start = threading.Barrier(len(texts))
+
+    def call(text: str) -> None:
+        start.wait()
+        try:
+            m.log_interaction(sid, user_message=text)
+        except StorageUnavailable as e:  # re-raised below, in the test's thread
+            failures.append(e)
+
+    threads = [threading.Thread(target=call, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise failures[0]
+
+
+def _calls(m: SessionManager, sid: str, tag: str) -> list[str]:
+    """Sequential calls (the pool's most recent connection), then concurrent ones (the rest)."""
+    texts = [f"{tag}.{i}" for i in range(3 + WARM)]
+    for text in texts[:3]:
+        m.log_interaction(sid, user_message=text)
+    _burst(m, sid, texts[3:])
+    return texts
+
+
+def test_pooled_connections_are_replaced_after_restarts(server_factory: ServerFactory) -> None:
+    """Every call after a restart works, none retried: the pool replaces on checkout the
+    connections the old server closed."""
+    server = server_factory()
+    m = SessionManager.from_url(server.url, socket_timeout=1.0, connect_timeout=0.5)
+    try:
+        sid = m.create_session("alice").session_id
+        sent = _calls(m, sid, "warm")
+        with redis.Redis.from_url(server.url) as probe:
+            assert int(probe.info("clients")["connected_clients"]) - 1 > 1  # several pooled
+        for cycle in range(RESTARTS):
+            server.restart()
+            sent += _calls(m, sid, str(cycle))
+        assert sorted(x.user_message for x in m.get_history(sid)) == sorted(sent)
+    finally:
+        m.close()
+
+
+def test_call_while_down_fails_fast_then_the_next_calls_work(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory()
+    m = SessionManager.from_url(server.url, socket_timeout=0.5, connect_timeout=0.5)
+    try:
+        sid = m.create_session("alice").session_id
+        sent = _calls(m, sid, "warm")
+        server.stop()
+        t = time.monotonic()
+        with pytest.raises(StorageUnavailable):
+            m.log_interaction(sid, user_message="down")
+        assert time.monotonic() - t < 1.0  # within about socket_timeout (0.5 s), not a hang
+        server.start()
+        sent += _calls(m, sid, "up")
+        assert sorted(x.user_message for x in m.get_history(sid)) == sorted(sent)
     finally:
         m.close()

@@ -315,8 +315,8 @@ async def test_a_session_end_to_end_over_stdio(redis_url: str, tmp_path: Path) -
 
         doc = await ok(s, "export_session", {"session_id": sid})
         assert doc["format"] == "redsession.session"
-        assert doc["version"] == 1
-        assert [i["user_message"] for i in doc["interactions"]] == ["hello", "weather?", "rain?"]
+        assert doc["version"] == 2
+        assert [i["user_message"] for i in doc["history"]] == ["hello", "weather?", "rain?"]
 
         assert await ok(s, "delete_session", {"session_id": sid}) == {
             "session_id": sid,
@@ -722,6 +722,47 @@ async def test_a_user_token_sees_and_changes_only_its_users_sessions(
             got = await ok(admin, "get_session_context", {"session_id": theirs})
             assert got["history"][0]["user_message"] == "private"
             await ok(admin, "cleanup_sessions", {})
+
+
+async def test_another_users_deleted_or_merged_session_reads_as_one_that_never_existed(
+    users_url: str,
+) -> None:
+    """Tombstones name their owner: to anyone else, a deleted or merged-away session is
+    exactly a missing one (no "was deleted", and never the primary's id), in every tool."""
+    async with (
+        http_mcp(users_url, token=ALICE_TOKEN) as alice,
+        http_mcp(users_url, token=BOB_TOKEN) as bob,
+        http_mcp(users_url, token=TOKEN) as admin,
+    ):
+        mine = await start(alice, "alice")
+        deleted, merged, primary = [await start(bob, "bob") for _ in range(3)]
+        await ok(bob, "delete_session", {"session_id": deleted})
+        await ok(bob, "merge_sessions", {"primary_id": primary, "secondary_id": merged})
+        missing = "never-existed"
+
+        def tools(sid: str) -> list[tuple[str, dict[str, Any]]]:
+            return [
+                ("resume_session", {"session_id": sid, "user_id": "alice"}),
+                ("get_session_context", {"session_id": sid}),
+                ("log_interaction", {"session_id": sid, "user_message": "x"}),
+                ("update_session_context", {"session_id": sid, "patch": {"a": 1}}),
+                ("export_session", {"session_id": sid}),
+                ("merge_sessions", {"primary_id": mine, "secondary_id": sid}),
+                ("merge_sessions", {"primary_id": sid, "secondary_id": mine}),
+                ("delete_session", {"session_id": sid}),
+            ]
+
+        for theirs in (deleted, merged, primary):
+            for (tool, args), (_, ref_args) in zip(tools(theirs), tools(missing)):
+                got = (await fails(alice, tool, args)).replace(theirs, "X")
+                want = (await fails(alice, tool, ref_args)).replace(missing, "X")
+                assert got == want, (tool, got)
+                assert primary not in got
+        # The owner and an admin still learn why.
+        for who in (bob, admin):
+            assert "deleted" in await fails(who, "get_session_context", {"session_id": deleted})
+            args = {"session_id": merged, "user_message": "x"}
+            assert f"merged into {primary!r}" in await fails(who, "log_interaction", args)
 
 
 def test_a_bad_tokens_file_is_a_config_error(tmp_path: Path) -> None:

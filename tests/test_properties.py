@@ -66,7 +66,8 @@ def test_export_import_round_trip(
 def _doc(sid: str, items: list[tuple[str, int]], context: dict[str, Any]) -> dict[str, Any]:
     """An export document holding interactions (id, seconds after T0)."""
     interactions = [
-        {"id": iid, "timestamp": T0 + timedelta(seconds=sec), "user_message": f"{sid}/{iid}"}
+        {"kind": "interaction", "id": iid, "timestamp": T0 + timedelta(seconds=sec),
+         "user_message": f"{sid}/{iid}"}
         for iid, sec in sorted(items, key=lambda x: x[1])
     ]
     stamps = [T0] + [i["timestamp"] for i in interactions]  # type: ignore[misc]
@@ -76,7 +77,7 @@ def _doc(sid: str, items: list[tuple[str, int]], context: dict[str, Any]) -> dic
                 "session_id": sid, "user_id": "u1", "created_at": T0, "last_activity": max(stamps),
                 "total_interactions": len(interactions), "context": context,
             },
-            "interactions": interactions,
+            "history": interactions,
             "expires_at": datetime.now(timezone.utc) + timedelta(days=1),
         }
     ).model_dump(mode="json")  # fmt: skip

@@ -109,13 +109,24 @@ def test_acl_user_runs_every_manager_operation(
         assert m.get_session(a, history=5, user_id="alice").total_interactions == 1
         assert [i.user_message for i in m.get_history(b, limit=10)] == ["yo"]
         assert {s.session_id for s in m.list_active_sessions("alice").sessions} == {a, b}
+        # The item history: every script of it (appends, reads, pops, replacing).
+        m.append_items(b, [{"role": "user", "content": "x"}], user_id="alice")
+        m.append_items("third", [{"n": 1}], create_for="alice", user_id="alice")
+        assert m.get_items("third") == [{"n": 1}]
+        assert len(m.history_since(b, dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc))) == 2
+        assert m.pop_item(b) == {"role": "user", "content": "x"}
+        m.log_interaction(b, user_message="q", assistant_response="a")
+        assert m.pop_item(b) == {"role": "assistant", "content": "a"}  # splits an interaction
+        m.replace_history("third", [{"n": 2}])
+        m.clear_history("third")
+        m.delete_session("third")
         assert set(m.iter_session_ids()) == {a, b}
         assert list(m.iter_user_ids()) == ["alice"]
         doc = m.export_session_data(a, user_id="alice")
         assert m.export_session(a).session.session_id == a
         with pytest.raises(PermissionDenied):
             m.merge_sessions(a, b, user_id="bob")
-        assert m.merge_sessions(a, b, user_id="alice").total_interactions == 2
+        assert m.merge_sessions(a, b, user_id="alice").total_interactions == 3
         m.delete_session(a)
         doc["session"]["session_id"] = "imported"
         assert m.import_session_data(doc) == "imported"

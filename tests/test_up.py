@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from redsession import SessionManager
 from tests.conftest import ServerFactory
@@ -37,18 +38,22 @@ def _wait_for_port(port: int, timeout: float = 30.0) -> None:
             time.sleep(0.1)
 
 
+def _up(data_dir: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("REDSESSION_")}
+    if "REDSESSION_SERVER_BIN" in os.environ:
+        clean["REDSESSION_SERVER_BIN"] = os.environ["REDSESSION_SERVER_BIN"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "redsession", "--data-dir", str(data_dir), "up",
+         "--mcp-port", str(port)],
+        env={**clean, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 class Up:
     def __init__(self, data_dir: Path, **env: str) -> None:
         self.port = _free_port()
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("REDSESSION_")}
-        if "REDSESSION_SERVER_BIN" in os.environ:
-            clean["REDSESSION_SERVER_BIN"] = os.environ["REDSESSION_SERVER_BIN"]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "redsession", "--data-dir", str(data_dir), "up",
-             "--mcp-port", str(self.port)],
-            env={**clean, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        self.proc = _up(data_dir, self.port, env)
         self.lines: list[str] = []
         assert self.proc.stdout is not None
         while not self.lines or not self.lines[-1].startswith("Ctrl-C stops everything"):
@@ -112,3 +117,52 @@ def test_with_a_redis_url_it_starts_no_server(
     assert up.redis_url == server.url
     up.interrupt()
     assert not (tmp_path / "data" / "redis").exists()
+
+
+@pytest.mark.parametrize("problem", ["keys that open no dump", "a symlinked quarantine"])
+def test_up_stops_before_restoring_into_a_misconfigured_store(
+    tmp_path: Path, server_factory: ServerFactory, problem: str
+) -> None:
+    data_dir, outside = tmp_path / "data", tmp_path / "outside"
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    with SessionManager.from_url(
+        server_factory().url, data_dir=data_dir, encryption_keys=[old]
+    ) as m:
+        for _ in range(3):
+            m.log_interaction(m.create_session("alice").session_id, user_message="keep me")
+        assert m.dump_sessions().written == 3
+    folder = data_dir / "sessions"
+    (folder / "broken.json").write_bytes(b"{")
+    if problem == "a symlinked quarantine":
+        outside.mkdir()
+        (folder / "quarantine").symlink_to(outside)
+        expected = "quarantine is a symlink; refusing to write through it"
+        keys = old
+    else:
+        expected = "no configured encryption key opens 3 of the 3 encrypted dump files"
+        keys = new
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+    lines: list[str] = []
+    with _up(data_dir, _free_port(), {"REDSESSION_ENCRYPTION_KEYS": keys}) as proc:
+        assert proc.stdout is not None
+        while line := proc.stdout.readline().decode():
+            lines.append(line)
+            if line.startswith("Ctrl-C stops everything"):  # the old behaviour: it went on
+                proc.send_signal(signal.SIGINT)
+                proc.communicate(timeout=60)
+                pytest.fail(f"up started everything: {''.join(lines)}")
+        proc.wait(60)
+    text = "".join(lines)
+    assert proc.returncode == 2, text
+    assert expected in text
+    assert "worker  pid" not in text  # it stopped at the restore, before starting anything
+    errors = [line for line in text.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1
+    assert expected in errors[0]
+    # No dump file moved to the quarantine (nor anywhere else), none removed.
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    if problem == "a symlinked quarantine":
+        assert os.listdir(outside) == []
+    else:
+        assert not (folder / "quarantine").exists()

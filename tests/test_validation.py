@@ -56,16 +56,5 @@ def test_microsecond_timestamps_are_exact() -> None:
     assert len({check.new_session_id() for _ in range(1000)}) == 1000
 
 
-def test_timestamps_are_normalised_to_utc() -> None:
-    from datetime import datetime, timedelta, timezone
-
-    from redsession.model.models import Interaction
-
-    local = datetime(2030, 1, 1, 12, tzinfo=timezone(timedelta(hours=2)))
-    i = Interaction(id="x", timestamp=local, user_message="m")
-    assert i.timestamp.tzinfo == timezone.utc
-    assert i.timestamp == local
-
-
 def test_generated_ids_never_look_like_command_line_options() -> None:
     assert not any(check.new_session_id().startswith("-") for _ in range(5000))

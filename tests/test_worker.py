@@ -199,7 +199,7 @@ def export_doc(sid: str, uid: str, expires_at: datetime, now: datetime) -> dict[
     stamp = now.isoformat()
     return {
         "format": "redsession.session",
-        "version": 1,
+        "version": 2,
         "session": {
             "session_id": sid,
             "user_id": uid,
@@ -211,7 +211,7 @@ def export_doc(sid: str, uid: str, expires_at: datetime, now: datetime) -> dict[
             "version": 0,
             "merged_from": [],
         },
-        "interactions": [],
+        "history": [],
         "expires_at": expires_at.isoformat(),
     }
 

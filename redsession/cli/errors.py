@@ -6,6 +6,7 @@ import click
 
 from redsession.errors import (
     ConfigError,
+    DecryptionError,
     InvalidInput,
     PermissionDenied,
     RedsessionError,
@@ -43,6 +44,9 @@ def classify(error: RedsessionError) -> tuple[int, str]:
         return EXIT_STORAGE, "see the Redis server's log"
     if isinstance(error, ConfigError):
         return EXIT_USAGE, "see `redsession --help`"
+    if isinstance(error, DecryptionError):
+        # A key missing from REDSESSION_ENCRYPTION_KEYS; the message says which setting.
+        return EXIT_USAGE, ""
     if isinstance(error, InvalidInput):
         return EXIT_USAGE, ""
     return EXIT_ERROR, ""

@@ -34,7 +34,7 @@ from redsession.errors import (
     SessionNotFound,
 )
 from redsession.files import atomic_writer
-from redsession.model.models import Session
+from redsession.model.models import Interaction, Session, as_items, item_text
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +106,12 @@ def _print_session(s: Session) -> None:
     fields.add_row("context", Text(orjson.dumps(s.context, option=orjson.OPT_INDENT_2).decode()))
     out.print(fields)
     if s.history:
-        table = Table("time", "user", "assistant", "topics", title="history (oldest first)")
-        for i in s.history:
-            table.add_row(
-                when(i.timestamp), Text(i.user_message), Text(i.assistant_response or ""),
-                Text(", ".join(i.topics)),
-            )  # fmt: skip
+        table = Table("time", "role", "message", "topics", title="history (oldest first)")
+        for e in s.history:
+            topics = Text(", ".join(e.topics)) if isinstance(e, Interaction) else Text("")
+            for item in as_items([e]):
+                role, message = item_text(item)
+                table.add_row(when(e.timestamp), Text(role), Text(message), topics)
         out.print(table)
 
 

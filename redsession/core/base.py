@@ -15,9 +15,9 @@ from typing import TypeVar
 from redsession.config import Settings
 from redsession.errors import SessionMerged, SessionNotFound
 from redsession.model import validation as check
-from redsession.model.codec import decode_interactions
+from redsession.model.codec import decode_history
 from redsession.model.crypto import Cipher
-from redsession.model.models import Interaction, to_us, utcnow
+from redsession.model.models import Interaction, Item, to_us, utcnow
 from redsession.storage.commands import Op
 from redsession.storage.store import Stamp, Store
 
@@ -61,12 +61,18 @@ class Core:
         """The owner to check a session against; None for an operator (any owner)."""
         return None if user_id is None else check.user_id(user_id)
 
-    def decode(self, raw: Sequence[bytes]) -> list[Interaction]:
-        return decode_interactions(raw, self.cipher)
+    def decode(self, raw: Sequence[bytes]) -> list[Interaction | Item]:
+        return decode_history(raw, self.cipher)
 
     def follow(self, sid: str, read: Callable[[str], Op[T]], follow_merged: bool = True) -> Op[T]:
         """Run a read, following a merged id to its primary (unless ``follow_merged`` is off:
-        then a merged id raises SessionMerged)."""
+        then a merged id raises SessionMerged).
+
+        A redirect that ends nowhere (the primary is gone, or, after a merge across users,
+        belongs to someone other than the caller) answers for the id asked for, as a missing
+        session does: the caller learns nothing of the primary.
+        """
+        asked = sid
         for _ in range(MAX_MERGE_HOPS):
             try:
                 return (yield from read(sid))
@@ -74,4 +80,8 @@ class Core:
                 if not follow_merged:
                     raise
                 sid = m.primary_id
-        raise SessionNotFound(sid, f"session {sid!r}: merge chain longer than {MAX_MERGE_HOPS}")
+            except SessionNotFound as e:
+                if sid == asked:
+                    raise
+                raise SessionNotFound(asked) from e
+        raise SessionNotFound(asked, f"session {asked!r}: merge chain longer than {MAX_MERGE_HOPS}")

@@ -1,28 +1,47 @@
-"""A session's history: appending interactions and reading them back."""
+"""A session's history: interactions and framework items, appended and read back.
+
+One history per session (a Redis LIST of records, model/codec.py). log_interaction appends
+an interaction; append_items appends framework items; both are one script, O(k) in what they
+append. Reads return entries (Interaction | Item) or, for a framework, items: an interaction
+reads as the user's message, then the assistant's (models.interaction_items).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from redsession.core.base import Core
-from redsession.errors import InvalidInput, PayloadTooLarge
+from redsession.errors import ConcurrentModification, InvalidInput, PayloadTooLarge
 from redsession.model import validation as check
-from redsession.model.codec import encode_interaction
-from redsession.model.models import Interaction, from_us, trusted
+from redsession.model.codec import encode_interaction, encode_item, record_time
+from redsession.model.models import (
+    Interaction,
+    Item,
+    as_items,
+    from_us,
+    interaction_items,
+)
 from redsession.storage.commands import Op
+from redsession.storage.store import Stamp
+
+_US = timedelta(microseconds=1)
 
 
 def get_history(
-    core: Core, session_id: str, limit: int | None, before: int | None, user_id: str | None
-) -> Op[list[Interaction]]:
+    core: Core, session_id: str, limit: int | None, before: int | None, user_id: str | None,
+    touch: bool = False,
+) -> Op[list[Interaction | Item]]:  # fmt: skip
+    """Entries oldest first: the newest ``limit`` of those at positions before ``before``
+    (None: all). ``touch`` counts the read as activity (it slides the expiry)."""
     sid, owner = check.session_id(session_id), core.owner(user_id)
     for name, v in (("limit", limit), ("before", before)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
             raise InvalidInput(f"{name} must be a non-negative integer, not {check.show(v)}")
     t = core.stamp()
-    raw = yield from core.follow(sid, lambda s: core.store.history(s, owner, t, limit, before))
-    return core.decode(raw)
+    read = lambda s: core.store.history(s, owner, t, limit, before, touch=touch)  # noqa: E731
+    return core.decode((yield from core.follow(sid, read)))
 
 
 def log_interaction(
@@ -38,16 +57,141 @@ def log_interaction(
     meta_json = core.json(meta, "metadata")
     tops = check.topics(topics, s.max_topics)
     t = core.stamp()
-    interaction = trusted(Interaction, {  # every field checked above
-        "id": check.new_interaction_id(), "timestamp": from_us(t.now),
+    interaction = Interaction.model_validate({
+        "id": check.new_entry_id(), "timestamp": from_us(t.now),
         "user_message": user_message, "assistant_response": assistant_response,
-        "metadata": dict(meta), "topics": tops,
+        "metadata": meta, "topics": tops,
     })  # fmt: skip
     try:
         record = encode_interaction(interaction, core.cipher, meta_json)
     except TypeError as e:  # a lone surrogate in a message
         raise InvalidInput(f"interaction is not valid Unicode: {e}") from e
-    status, _ = yield from core.store.log(sid, owner, record, tops, s.max_topics, t)
-    if status == "limit":
-        raise PayloadTooLarge(f"session {sid!r} would exceed {s.max_topics} topics")
+    yield from _append(core, sid, owner, [record], tops, t, None)
     return interaction
+
+
+def _append(
+    core: Core, sid: str, owner: str | None, records: Sequence[bytes], topics: Sequence[str],
+    t: Stamp, create_for: str | None,
+) -> Op[int]:  # fmt: skip
+    limit = core.settings.max_topics
+    status, n = yield from core.store.append(sid, owner, records, topics, limit, t, create_for)
+    if status == "limit":
+        raise PayloadTooLarge(f"session {sid!r} would exceed {limit} topics")
+    return n
+
+
+def _items(core: Core, items: object, at: datetime, ids: object) -> tuple[list[Item], list[bytes]]:
+    """Check framework items and encode their records; times ``at``, ``at`` + 1 µs, ...
+    (distinct, so that a merge, which orders by time, keeps their order)."""
+    s = core.settings
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Sequence):
+        raise InvalidInput("items must be a list of JSON objects")
+    if len(items) > s.max_append_items:
+        raise PayloadTooLarge(f"{len(items)} items in one call; the limit is {s.max_append_items}")
+    if ids is not None:
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence) or len(ids) != len(items):
+            raise InvalidInput("ids must be a list with one id per item")
+        given = [check.entry_id(i) for i in ids]
+        if len(set(given)) != len(given):
+            raise InvalidInput("ids repeat an id")
+    models, records = [], []
+    for n, item in enumerate(items):
+        data = check.json_object(
+            item, f"item {n}", max_bytes=s.max_message_bytes, max_depth=s.max_json_depth
+        )
+        rid = check.new_entry_id() if ids is None else given[n]
+        when = at + n * _US
+        models.append(Item.model_validate({"id": rid, "timestamp": when, "item": item}))
+        records.append(encode_item(rid, when, data, core.cipher))
+    return models, records
+
+
+def append_items(
+    core: Core, session_id: str, items: Sequence[Mapping[str, Any]], user_id: str | None,
+    ids: Sequence[str] | None, topics: Sequence[str] | None, create_for: str | None,
+) -> Op[list[Item]]:  # fmt: skip
+    """Append framework items in one script; ``create_for`` creates a missing session."""
+    sid, owner = check.session_id(session_id), core.owner(user_id)
+    create = None if create_for is None else check.user_id(create_for)
+    tops = check.topics(topics, core.settings.max_topics)
+    t = core.stamp()
+    models, records = _items(core, items, from_us(t.now), ids)
+    if not records:
+        return []
+    yield from _append(core, sid, owner, records, tops, t, create)
+    return models
+
+
+def get_items(
+    core: Core, session_id: str, limit: int | None, user_id: str | None, touch: bool
+) -> Op[list[dict[str, Any]]]:
+    """The newest ``limit`` items as a framework reads them (None: all; 0 or less: none).
+
+    An interaction is two items, so the newest ``limit`` entries hold enough of them.
+    """
+    n = None if limit is None else max(0, check.integer(limit, "limit"))
+    entries = yield from get_history(core, session_id, n, None, user_id, touch)
+    items = as_items(entries)
+    return items if n is None else items[len(items) - n :] if n else []
+
+
+def history_since(
+    core: Core, session_id: str, since: datetime, user_id: str | None, touch: bool
+) -> Op[list[Interaction | Item]]:
+    """The entries whose time is ``since`` or later, oldest first.
+
+    O(entries returned), plus those within Settings.clock_skew before ``since``: the read
+    goes back from the newest entry until one older than that margin.
+    """
+    sid, owner = check.session_id(session_id), core.owner(user_id)
+    if not isinstance(since, datetime) or since.tzinfo is None:
+        raise InvalidInput(f"since must be a timezone-aware datetime, not {check.show(since)}")
+    floor = record_time(since - core.settings.clock_skew)
+    t, at = core.stamp(), record_time(since)
+    read = lambda s: core.store.after(s, owner, t, at, floor, touch=touch)  # noqa: E731
+    return core.decode((yield from core.follow(sid, read)))
+
+
+def pop_item(core: Core, session_id: str, user_id: str | None) -> Op[dict[str, Any] | None]:
+    """Remove the newest item and return it (None when the history is empty).
+
+    The newest item of an interaction is its assistant's answer: that half is removed and the
+    user's message stays, as an interaction without an answer (a compare-and-set on the
+    newest record, so a racing append is never overwritten).
+    """
+    sid, owner = check.session_id(session_id), core.owner(user_id)
+    for _ in range(core.settings.max_update_retries):
+        t = core.stamp()
+        status, rec = yield from core.store.pop(sid, owner, t)
+        if status == "empty" or rec is None:
+            return None
+        (entry,) = core.decode([rec])
+        if status == "ok":
+            return as_items([entry])[-1]
+        assert isinstance(entry, Interaction)  # 'interaction': ours to split
+        *rest, newest = interaction_items(entry)
+        keep = b""
+        if rest:
+            half = entry.model_copy(update={"assistant_response": None})
+            keep = encode_interaction(half, core.cipher)
+        status, _ = yield from core.store.pop(sid, owner, t, expect=rec, replace=keep)
+        if status == "ok":
+            return newest
+    raise ConcurrentModification(f"history of {sid!r} kept changing under pop_item")
+
+
+def replace_history(
+    core: Core, session_id: str, items: Sequence[Mapping[str, Any]], user_id: str | None
+) -> Op[list[Item]]:
+    """Make ``items`` the whole history, atomically (compaction); an empty list clears it."""
+    sid, owner = check.session_id(session_id), core.owner(user_id)
+    t = core.stamp()
+    models, records = _items(core, items, from_us(t.now), None)
+    yield from core.store.replace_history(sid, owner, records, t)
+    return models
+
+
+def clear_history(core: Core, session_id: str, user_id: str | None) -> Op[None]:
+    """Remove every entry of the history; the session, its context and topics stay."""
+    yield from replace_history(core, session_id, [], user_id)

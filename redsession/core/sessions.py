@@ -11,7 +11,7 @@ from redsession.core.base import Core
 from redsession.errors import ConcurrentModification, InvalidInput, SessionNotFound
 from redsession.model import validation as check
 from redsession.model.codec import loads, record_from_hash, session_from_hash, summary_from_row
-from redsession.model.merge import apply_patch
+from redsession.model.contexts import apply_patch
 from redsession.model.models import Session, SessionPage, from_us
 from redsession.storage.commands import Op
 from redsession.storage.walk import IndexWalk
@@ -67,7 +67,7 @@ def _fetch(core: Core, sid: str, owner: str | None, *, touch: bool, history: int
 
 def delete_session(core: Core, session_id: str, user_id: str | None) -> Op[None]:
     sid, owner = check.session_id(session_id), core.owner(user_id)
-    yield from core.store.delete(sid, owner, "deleted", core.stamp())
+    yield from core.store.delete(sid, owner, core.stamp())
 
 
 def update_context(

@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Annotated
 
-from pydantic import ValidationError
+import orjson
+from pydantic import Discriminator, Tag, TypeAdapter, ValidationError
 
 from redsession.core.base import Core
 from redsession.core.sessions import get_session
 from redsession.errors import ConcurrentModification, InvalidInput, PermissionDenied, SessionMerged
 from redsession.model import validation as check
 from redsession.model.codec import (
-    encode_interaction,
+    encode_entry,
     expires_from_hash,
     hash_fields,
     record_from_hash,
 )
-from redsession.model.merge import combine, same_content
+from redsession.model.contexts import overlay
 from redsession.model.models import (
     Interaction,
+    Item,
     Session,
     SessionExport,
+    SessionExportV1,
     SessionRecord,
     from_us,
     to_us,
@@ -31,7 +35,7 @@ from redsession.storage.store import Stamp
 
 
 def rewrite(
-    core: Core, rec: SessionRecord, items: Sequence[Interaction], t: Stamp, *,
+    core: Core, rec: SessionRecord, history: Sequence[Interaction | Item], t: Stamp, *,
     mode: str, expect: tuple[int, int] | None = None,
 ) -> Op[bool]:  # fmt: skip
     """Replace a whole session (hash and history) in one script, under ``core``'s cipher.
@@ -40,16 +44,20 @@ def rewrite(
     replaces only while the live (version, total) is ``expect``; False on a CAS conflict.
     ``t.expires`` becomes the session's expiry.
     """
-    try:
-        records = [encode_interaction(i, core.cipher) for i in items]
-    except TypeError as e:  # orjson: a lone surrogate
-        raise InvalidInput(f"an interaction is not valid Unicode: {e}") from e
+    records = _records(core, history)
     fields = hash_fields(rec, t.expires, core.cipher)
     return (
         yield from core.store.write(
             rec.session_id, rec.user_id, fields, records, t, mode=mode, expect=expect
         )
     )
+
+
+def _records(core: Core, history: Sequence[Interaction | Item]) -> list[bytes]:
+    try:
+        return [encode_entry(e, core.cipher) for e in history]
+    except TypeError as e:  # orjson: a lone surrogate
+        raise InvalidInput(f"a history entry is not valid Unicode: {e}") from e
 
 
 def export(
@@ -63,22 +71,40 @@ def _export(core: Core, sid: str, owner: str | None) -> Op[SessionExport]:
     h, raw = yield from core.store.fetch(sid, owner, core.stamp(), touch=False, history=-1)
     return SessionExport(
         session=record_from_hash(sid, h, core.cipher),
-        interactions=core.decode(raw),
+        history=core.decode(raw),
         expires_at=from_us(expires_from_hash(sid, h)),
     )
 
 
+def _version(doc: object) -> str | None:
+    # A document without a version is a version 1 one: it was the default then.
+    v = doc.get("version", 1) if isinstance(doc, dict) else getattr(doc, "version", None)
+    return str(v) if v in (1, 2) else None
+
+
+_DOCUMENT: TypeAdapter[SessionExport | SessionExportV1] = TypeAdapter(
+    Annotated[
+        Annotated[SessionExport, Tag("2")] | Annotated[SessionExportV1, Tag("1")],
+        Discriminator(_version, custom_error_type="version",
+                      custom_error_message="version must be 1 or 2"),
+    ]
+)  # fmt: skip
+
+
 def parse_export(core: Core, doc: object) -> SessionExport:
-    """Validate an export document (dict, JSON text, or model) and its content limits."""
+    """Validate an export document (dict, JSON text, or model; version 1 or 2) and its
+    content limits; a version 1 document comes back as version 2."""
     try:
-        if isinstance(doc, SessionExport):
+        if isinstance(doc, (SessionExport, SessionExportV1)):
             parsed = doc
         elif isinstance(doc, (str, bytes, bytearray)):
-            parsed = SessionExport.model_validate_json(doc)
+            parsed = _DOCUMENT.validate_json(doc)
         else:
-            parsed = SessionExport.model_validate(doc)
+            parsed = _DOCUMENT.validate_python(doc)
     except ValidationError as e:
         raise InvalidInput(f"not a valid redsession export: {check.problems(e)}") from e
+    if isinstance(parsed, SessionExportV1):
+        parsed = parsed.upgrade()
     rec, s = parsed.session, core.settings
     check.session_id(rec.session_id)
     check.user_id(rec.user_id)
@@ -86,21 +112,27 @@ def parse_export(core: Core, doc: object) -> SessionExport:
         check.session_id(sid)
     core.json(rec.context, "context")
     check.topics(rec.topics, s.max_topics)
-    if rec.total_interactions != len(parsed.interactions):
+    if rec.total_interactions != len(parsed.history):
         raise InvalidInput(
             f"total_interactions is {rec.total_interactions} but the document holds "
-            f"{len(parsed.interactions)} interactions"
+            f"{len(parsed.history)} history entries"
         )
     ids = set()
-    for i in parsed.interactions:
-        check.text(i.user_message, "user_message", s.max_message_bytes)
-        if i.assistant_response is not None:
-            check.text(i.assistant_response, "assistant_response", s.max_message_bytes)
-        core.json(i.metadata, "metadata")
-        check.topics(i.topics, s.max_topics)
-        ids.add(i.id)
-    if len(ids) != len(parsed.interactions):
-        raise InvalidInput("the document repeats an interaction id")
+    for entry in parsed.history:
+        check.entry_id(entry.id)
+        if isinstance(entry, Item):
+            check.json_object(
+                entry.item, "item", max_bytes=s.max_message_bytes, max_depth=s.max_json_depth
+            )
+        else:
+            check.text(entry.user_message, "user_message", s.max_message_bytes)
+            if entry.assistant_response is not None:
+                check.text(entry.assistant_response, "assistant_response", s.max_message_bytes)
+            core.json(entry.metadata, "metadata")
+            check.topics(entry.topics, s.max_topics)
+        ids.add(entry.id)
+    if len(ids) != len(parsed.history):
+        raise InvalidInput("the document repeats a history entry id")
     return parsed
 
 
@@ -115,7 +147,7 @@ def import_session_data(
     if expires <= t.now:
         raise InvalidInput(f"session {rec.session_id!r} expired at {parsed.expires_at}")
     mode = "cas" if expect else "replace" if overwrite else "new"
-    if not (yield from rewrite(core, rec, parsed.interactions, t, mode=mode, expect=expect)):
+    if not (yield from rewrite(core, rec, parsed.history, t, mode=mode, expect=expect)):
         raise ConcurrentModification(f"session {rec.session_id!r} changed; not replaced")
     return rec.session_id
 
@@ -123,42 +155,65 @@ def import_session_data(
 def merge_sessions(
     core: Core, primary_id: str, secondary_id: str, user_id: str | None, allow_cross_user: bool
 ) -> Op[Session]:
+    """Fold the secondary into the primary: a fence, one atomic fold, a tombstone.
+
+    1. FENCE the secondary: from then on its writes are refused with SessionMerged naming the
+       primary, so a writer retries there and nothing written to the secondary can be lost.
+    2. Read the (now frozen) secondary whole, and fold it into the primary in one script
+       (MERGE_INTO): its records join the primary's, interleaved by time and deduplicated by
+       id, whatever the primary received meanwhile. Only a concurrent context change makes
+       the fold retry (appends never do), since the merged context is computed here.
+    3. Tombstone the secondary as merged into the primary.
+    A crash after any step leaves a state the same call completes: the fence holds, and the
+    fold deduplicates by id. Once merged, the call answers with the primary.
+    """
     p_id, s_id = check.session_id(primary_id), check.session_id(secondary_id)
     owner = core.owner(user_id)
     if p_id == s_id:
         raise InvalidInput("cannot merge a session into itself")
     n = core.settings.resume_history
-    for _ in range(core.settings.max_update_retries):
-        try:
-            s_doc = yield from _export(core, s_id, owner)
-        except SessionMerged as m:
-            if m.primary_id != p_id:
-                raise
-            # Already merged (a re-run): the answer is the primary as it stands.
-            return (yield from get_session(core, p_id, n, owner))
-        p_doc = yield from _export(core, p_id, owner)
-        p, s = p_doc.session, s_doc.session
-        if p.user_id != s.user_id and not allow_cross_user:
-            raise PermissionDenied(
-                s_id, "sessions belong to different users; pass allow_cross_user to merge them"
-            )
-        rec, items = combine(p, p_doc.interactions, s, s_doc.interactions)
-        t = core.stamp(activity=to_us(rec.last_activity))
-        expires = max(t.expires, to_us(p_doc.expires_at), to_us(s_doc.expires_at))
-        t = dataclasses.replace(t, expires=expires)
-        if not same_content(rec, items, p, p_doc.interactions):
-            rec = rec.model_copy(update={"version": p.version + 1})
-            if not (
-                yield from rewrite(
-                    core, rec, items, t, mode="cas", expect=(p.version, p.total_interactions)
-                )
-            ):
-                continue
-        tomb = f"merged:{p_id}"
-        expect = (s.version, s.total_interactions)
-        if not (yield from core.store.delete(s_id, None, tomb, t, expect=expect)):
-            continue
-        return Session(
-            **rec.model_dump(), expires_at=from_us(expires), history=items[-n:] if n else []
+    try:
+        s_owner = (yield from get_session(core, s_id, 0, owner, follow_merged=False)).user_id
+    except SessionMerged as m:
+        if m.primary_id != p_id:
+            raise
+        # Already merged (a re-run): the answer is the primary as it stands.
+        return (yield from get_session(core, p_id, n, owner))
+    p_owner = (yield from get_session(core, p_id, 0, owner, follow_merged=False)).user_id
+    if p_owner != s_owner and not allow_cross_user:
+        raise PermissionDenied(
+            s_id, "sessions belong to different users; pass allow_cross_user to merge them"
         )
-    raise ConcurrentModification(f"sessions {p_id!r} and {s_id!r} kept changing during merge")
+    yield from core.store.fence(s_id, owner, p_id, p_owner, core.stamp())
+    s_doc = yield from _export(core, s_id, owner)
+    s_rec = s_doc.session
+    records = _records(core, s_doc.history)
+    for _ in range(core.settings.max_update_retries):
+        p = yield from get_session(core, p_id, 0, owner, follow_merged=False)
+        merged = overlay(p.context, s_rec.context)
+        context = b"" if merged == p.context else core.cipher.seal(core.json(merged, "context"))
+        merged_from = list(dict.fromkeys((*p.merged_from, s_id, *s_rec.merged_from)))
+        sources = b"" if merged_from == p.merged_from else orjson.dumps(merged_from)
+        t = core.stamp(activity=to_us(s_rec.last_activity))
+        t = dataclasses.replace(t, expires=max(t.expires, to_us(s_doc.expires_at)))
+        status = yield from core.store.merge_into(
+            p_id, owner, p.version, context, to_us(s_rec.created_at), sources, records,
+            s_rec.topics, t,
+        )  # fmt: skip
+        if status == "legacy":
+            yield from _upgrade(core, p_id, owner, t)
+        elif status == "ok":
+            break
+    else:
+        raise ConcurrentModification(f"context of {p_id!r} kept changing during the merge")
+    if not (yield from core.store.delete(s_id, owner, core.stamp(), merged_into=(p_id, p_owner))):
+        raise ConcurrentModification(f"session {s_id!r} is no longer fenced for {p_id!r}")
+    return (yield from get_session(core, p_id, n, owner))
+
+
+def _upgrade(core: Core, sid: str, owner: str | None, t: Stamp) -> Op[None]:
+    """Give every record written before headers its header, in place (a merge needs them)."""
+    raw = yield from core.store.history(sid, owner, t, None, None)
+    old = [(i, r) for i, r in enumerate(raw) if not r[:1].isdigit()]
+    new = [encode_entry(e, core.cipher) for e in core.decode([r for _, r in old])]
+    yield from core.store.upgrade(sid, owner, [(i, r, n) for (i, r), n in zip(old, new)], t)

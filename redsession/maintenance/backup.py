@@ -81,12 +81,13 @@ def write_backup(data_dir: Path, *, now: datetime | None = None) -> tuple[Path, 
     """Archive ``data_dir/sessions`` into ``data_dir/backups``; returns (archive, file count).
 
     The archive is written to a temporary file, fsynced, then renamed into place, so a
-    crash never leaves a partial archive under an archive's name.
+    crash never leaves a partial archive under an archive's name. A symlink planted at
+    ``backups/`` (where the archive and its temp file go) or at ``sessions/`` (what would be
+    archived) raises ConfigError before anything is written.
     """
     now = now or utcnow()
-    source = data_dir / SESSIONS_DIR
-    backups = data_dir / BACKUPS_DIR
-    backups.mkdir(mode=0o700, parents=True, exist_ok=True)
+    source = files.ensure_dir(data_dir / SESSIONS_DIR, data_dir, create=False)
+    backups = files.ensure_dir(data_dir / BACKUPS_DIR, data_dir)
     target = backups / archive_name(now)
     with (
         files.atomic_writer(target, tmp_prefix=_TMP_PREFIX) as raw,

@@ -1,8 +1,11 @@
 """Restoring dump files into Redis, and the quarantine for files that cannot be loaded.
 
 One bad file never stops the rest: it is moved (never deleted) to ``sessions/quarantine/``
-with a WARNING saying why. A configuration problem (dumps encrypted under no configured
-key) stops the restore instead, since it would otherwise quarantine every file.
+with a WARNING saying why. Two configuration problems stop the restore instead, before any
+file is loaded or moved: a symlink (or a file) where ``sessions/`` or its quarantine should be
+(ConfigError: writing through it would land outside the data dir), and an encrypted dump file
+that none of the configured keys opens (DecryptionError: a missing key would otherwise have
+every file it sealed quarantined, and the store restored without them).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import shutil
 import stat
 import time
+from datetime import datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -21,7 +25,6 @@ from redsession.core import sessions, transfer
 from redsession.core.base import Core
 from redsession.errors import (
     ConcurrentModification,
-    ConfigError,
     DecryptionError,
     InvalidInput,
     SessionExists,
@@ -33,11 +36,10 @@ from redsession.maintenance.snapshots import (
     SUFFIX,
     TMP_MARK,
     Progress,
-    ensure_dir,
     sessions_dir,
 )
 from redsession.model import validation as check
-from redsession.model.crypto import TOKEN_PREFIX
+from redsession.model.crypto import TOKEN_PREFIX, Cipher, sealed_at
 from redsession.model.models import SessionExport
 from redsession.storage.commands import Op
 
@@ -77,14 +79,23 @@ def restore_sessions(
     it: expired files, files of deleted or merged sessions and stale temp files are removed,
     and bad files are moved to the quarantine. Any other ``source`` (an extracted backup, say)
     is only read: bad files are copied to the quarantine and nothing there is removed.
+
+    Raises ConfigError, before anything is read, if ``sessions/`` or ``sessions/quarantine/``
+    is a symlink or not a folder, and DecryptionError, before anything is loaded or moved,
+    if an encrypted file opens with none of the configured keys (see ``_check_keys``).
     """
-    own = sessions_dir(core.settings.data_dir)
+    data_dir = Path(core.settings.data_dir)
+    own = sessions_dir(data_dir)
+    if source is None and not os.path.lexists(own):  # first start: nothing dumped yet
+        return RestoreReport(restored=0, replaced=0, skipped=0, expired=0, quarantined=0)
+    # Once, up front: tidying writes in sessions/ and quarantining in sessions/quarantine/, so
+    # a symlink planted at either must stop the restore before the first file is moved.
+    files.ensure_dir(own / QUARANTINE, data_dir, create=False)
     folder = own if source is None else Path(source)
     if not folder.is_dir():
-        if source is None:
-            return RestoreReport(restored=0, replaced=0, skipped=0, expired=0, quarantined=0)
         raise InvalidInput(f"{folder} is not a folder of dump files")
     tidy = folder.resolve() == own.resolve()
+    _check_keys(core.cipher, folder)
     counts = dict.fromkeys(RestoreReport.model_fields, 0)
     pending = 0
     with os.scandir(folder) as it:
@@ -99,7 +110,7 @@ def restore_sessions(
             outcome = yield from _restore_one(core, folder, name, overwrite_older, tidy)
             counts[outcome] += 1
             if outcome == "quarantined":
-                _quarantine(folder / name, own / QUARANTINE, move=tidy)
+                _quarantine(folder / name, own / QUARANTINE, data_dir, move=tidy)
             pending += 1
             if progress is not None and pending >= _PROGRESS_EVERY:
                 progress(pending)
@@ -107,6 +118,66 @@ def restore_sessions(
     if progress is not None and pending:
         progress(pending)
     return RestoreReport(**counts)
+
+
+def _check_keys(cipher: Cipher, folder: Path) -> None:
+    """Stop unless a configured key opens every encrypted dump file that is a whole token.
+
+    Fernet authenticates, so a whole token that no configured key opens was sealed under a
+    key missing from the settings (or was forged): quarantining it would restore the store
+    without that session, and a missing key leaves out every file it sealed. That holds when
+    only some files fail too: after ``rotate-keys`` the dump files keep the old key until the
+    next dump rewrites them, so dropping the old key early leaves a folder of mixed keys.
+    Data that cannot be a whole token (truncated, damaged) is broken whatever the key, and is
+    quarantined like any bad file. This reads every encrypted file once more than the restore.
+    """
+    sealed = failed = 0
+    first = ""
+    oldest = newest = None
+    with os.scandir(folder) as it:
+        for entry in it:
+            name = entry.name
+            if not (name.endswith(SUFFIX) and check.SESSION_ID.fullmatch(name[: -len(SUFFIX)])):
+                continue  # quarantined for its name, whatever it holds
+            try:
+                raw = _read_regular(folder / name, tokens_only=True)[0]
+            except OSError:
+                continue  # not a regular file: quarantined
+            if not raw.startswith(TOKEN_PREFIX):
+                continue
+            if not cipher.enabled:
+                raise DecryptionError(
+                    f"dump file {folder / name} is encrypted but no key is configured: set "
+                    "REDSESSION_ENCRYPTION_KEYS; nothing was restored or quarantined"
+                )
+            at = sealed_at(raw)
+            if at is None:
+                continue  # damaged: quarantined
+            sealed += 1
+            try:
+                cipher.open(raw)
+            except DecryptionError:
+                failed += 1
+                first = first or name
+                oldest = at if oldest is None else min(oldest, at)
+                newest = at if newest is None else max(newest, at)
+    if oldest is not None and newest is not None:
+        keys = cipher.fingerprints()
+        first_day, last_day = _day(oldest), _day(newest)
+        when = first_day if first_day == last_day else f"{first_day} to {last_day}"
+        raise DecryptionError(
+            f"no configured encryption key opens {failed} of the {sealed} encrypted dump "
+            f"files in {folder} (such as {first}, sealed {when}); tried {len(keys)} key(s), "
+            f"fingerprints {', '.join(keys)} (the first 8 hex digits of each key's SHA-256); "
+            "nothing was restored or quarantined. Add the key they were sealed with to "
+            "REDSESSION_ENCRYPTION_KEYS, after the current ones (`redsession rotate-keys` is "
+            "not the fix: it needs that key too), or move files that do not belong here out "
+            "of the folder"
+        )
+
+
+def _day(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _restore_one(
@@ -129,8 +200,14 @@ def _restore_one(
             "REDSESSION_ENCRYPTION_KEYS"
         )
     try:
-        doc = transfer.parse_export(core, cipher.open(raw, f"dump file {name}"))
-    except (InvalidInput, DecryptionError) as e:
+        plain = cipher.open(raw, f"dump file {name}")
+    except DecryptionError as e:
+        # _check_keys let it through: damaged, or written since that check by someone else.
+        whole = sealed_at(raw) is not None
+        return _bad(path, str(e) if whole else "it is damaged: not a whole encrypted token")
+    try:
+        doc = transfer.parse_export(core, plain)
+    except InvalidInput as e:
         return _bad(path, str(e))
     sid = doc.session.session_id
     if sid != stem:
@@ -192,8 +269,11 @@ def _bad(path: Path, reason: str) -> str:
     return "quarantined"
 
 
-def _read_regular(path: Path) -> tuple[bytes, tuple[int, int]]:
-    """The file's bytes and (inode, mtime); refuses symlinks, FIFOs and other non-files."""
+def _read_regular(path: Path, *, tokens_only: bool = False) -> tuple[bytes, tuple[int, int]]:
+    """The file's bytes and (inode, mtime); refuses symlinks, FIFOs and other non-files.
+
+    ``tokens_only``: of a file that is not a Fernet token, only its first bytes.
+    """
     # O_NOFOLLOW: a symlink planted in sessions/ must not make restore read another file.
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
@@ -201,15 +281,21 @@ def _read_regular(path: Path) -> tuple[bytes, tuple[int, int]]:
         if not stat.S_ISREG(st.st_mode):
             raise OSError(f"not a regular file: {path}")
         with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read(), (st.st_ino, st.st_mtime_ns)
+            head = f.read(len(TOKEN_PREFIX)) if tokens_only else b""
+            data = head if tokens_only and head != TOKEN_PREFIX else head + f.read()
+            return data, (st.st_ino, st.st_mtime_ns)
     finally:
         os.close(fd)
 
 
-def _quarantine(path: Path, target_dir: Path, *, move: bool) -> None:
-    """Move (or copy) ``path`` into ``target_dir``, never overwriting a file already there."""
+def _quarantine(path: Path, target_dir: Path, root: Path, *, move: bool) -> None:
+    """Move (or copy) ``path`` into ``target_dir``, never overwriting a file already there.
+
+    A symlink at ``target_dir`` (or between it and ``root``) raises ConfigError: it stops
+    the restore rather than being logged file after file.
+    """
+    files.ensure_dir(target_dir, root)
     try:
-        ensure_dir(target_dir)
         target = _free_name(target_dir, path.name)
         if move and path.is_dir() and not path.is_symlink():
             os.rename(path, target)  # directories cannot be hard-linked
@@ -225,7 +311,7 @@ def _quarantine(path: Path, target_dir: Path, *, move: bool) -> None:
         files.fsync_dir(target_dir)
         if move:
             files.fsync_dir(path.parent)
-    except (OSError, ConfigError) as e:
+    except OSError as e:
         # Never delete instead: leaving the file where it is loses nothing.
         log.warning("could not quarantine %s (left in place): %s", path, e)
 

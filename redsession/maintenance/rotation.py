@@ -13,7 +13,7 @@ from redsession.core import sessions, transfer
 from redsession.core.base import Core
 from redsession.errors import ConcurrentModification, ConfigError, SessionNotFound
 from redsession.maintenance.snapshots import Progress
-from redsession.model.codec import expires_from_hash, record_from_hash
+from redsession.model.codec import expires_from_hash, record_from_hash, sealed_body
 from redsession.model.models import to_us
 from redsession.storage.commands import Op
 
@@ -56,7 +56,7 @@ def rotate_session(core: Core, sid: str) -> Op[bool]:
             h, raw = yield from core.store.fetch(sid, None, t, touch=False, history=-1)
         except SessionNotFound:
             return False
-        if cipher.is_current(h["context"]) and all(cipher.is_current(r) for r in raw):
+        if cipher.is_current(h["context"]) and all(cipher.is_current(sealed_body(r)) for r in raw):
             return False
         rec = record_from_hash(sid, h, cipher)
         t = core.stamp(activity=to_us(rec.last_activity), expires=expires_from_hash(sid, h))

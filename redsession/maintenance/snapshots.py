@@ -16,12 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from redsession import files
 from redsession.core import transfer
 from redsession.core.base import Core
-from redsession.errors import (
-    ConfigError,
-    RedsessionError,
-    SessionNotFound,
-    StorageError,
-)
+from redsession.errors import RedsessionError, SessionNotFound, StorageError
 from redsession.model import validation as check
 from redsession.storage.commands import Op
 
@@ -56,14 +51,6 @@ def dump_path(folder: Path, sid: str) -> Path:
     return folder / f"{sid}{SUFFIX}"
 
 
-def ensure_dir(folder: Path) -> Path:
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create {folder}: {e}") from e
-    return folder
-
-
 def dump_sessions(
     core: Core, data_dir: Path, *, batch: int = 500, progress: Progress = None
 ) -> Op[DumpReport]:
@@ -75,7 +62,8 @@ def dump_sessions(
     for the next run. Run one dumper at a time (the worker leader does).
     """
     batch = check.integer(batch, "batch", 1)
-    folder = ensure_dir(sessions_dir(data_dir))
+    # Refuses a symlink planted at sessions/: the files and their temp files go in there.
+    folder = files.ensure_dir(sessions_dir(data_dir), data_dir)
     upkeep = core.store.upkeep
     # Changes after this instant wait for the next run, so that a steady write load cannot
     # keep one run going forever.
@@ -146,7 +134,7 @@ def remove_dump_files(data_dir: Path, session_ids: Iterable[str]) -> int:
 
     An id that is not a valid session id has no file (none was ever named after it).
     """
-    folder = sessions_dir(data_dir)
+    folder = files.ensure_dir(sessions_dir(data_dir), data_dir, create=False)
     n = sum(
         files.unlink(dump_path(folder, s)) for s in session_ids if check.SESSION_ID.fullmatch(s)
     )

@@ -4,23 +4,47 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Annotated, Any, cast
+from typing import Any
 
-import msgspec
 import orjson
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from redsession.errors import CorruptData
 from redsession.model.crypto import Cipher
 from redsession.model.models import (
+    Entry,
     Interaction,
+    Item,
     Session,
     SessionRecord,
     SessionSummary,
     from_us,
     to_us,
-    trusted,
 )
+
+# -- history records ------------------------------------------------------------------------
+#
+# One record of a session's history log (a Redis LIST, oldest first) is
+#
+#     TIME " " ID " " KIND " " BODY
+#
+# TIME  the entry's time, UTC, as 2026-12-02T16:48:00.123456Z: always 27 bytes, so that the
+#       Lua scripts compare times as strings (reading the items after a time, interleaving a
+#       merge) without decoding anything;
+# ID    the entry's id ([A-Za-z0-9_-]{1,128}, like a session id);
+# KIND  "i" for an interaction, "m" for a framework item;
+# BODY  JSON, sealed as a Fernet token when encryption is on: for an interaction its
+#       user_message, assistant_response, metadata and topics; for an item the item itself.
+#
+# Time, id and kind stay in the clear, as ids, owners and timestamps do in the session hash.
+# Records written before framework items (no header: a JSON object or a token of one holding
+# every Interaction field) are still read. Reads rebuild each entry's JSON around the body and
+# validate the whole history in one pydantic call (in Rust), so the models are the one
+# definition of what a stored entry may hold.
+
+TIME_BYTES = 27
+INTERACTION, ITEM = b"i", b"m"
+_HISTORY: TypeAdapter[list[Interaction | Item]] = TypeAdapter(list[Entry])
 
 
 def loads(data: bytes | str, what: str) -> Any:
@@ -30,84 +54,75 @@ def loads(data: bytes | str, what: str) -> Any:
         raise CorruptData(f"{what} in Redis is not valid JSON: {e}") from e
 
 
+def record_time(dt: datetime) -> bytes:
+    """A record's TIME field: fixed width, so byte order is time order."""
+    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")[:26].encode() + b"Z"
+
+
+def _record(dt: datetime, rid: str, kind: bytes, body: bytes, cipher: Cipher) -> bytes:
+    return b" ".join((record_time(dt), rid.encode(), kind, cipher.seal(body)))
+
+
 def encode_interaction(
     i: Interaction, cipher: Cipher, metadata_json: bytes | None = None
 ) -> bytes:
-    """The stored record: the interaction as JSON, sealed when encryption is on.
+    """The stored record of an interaction.
 
     ``metadata_json``, when the caller already encoded the metadata (to check its size),
     is spliced in as is rather than encoded a second time.
     """
-    return cipher.seal(_interaction_json(i, metadata_json))
-
-
-def _interaction_json(i: Interaction, metadata_json: bytes | None) -> bytes:
     metadata = i.metadata if metadata_json is None else orjson.Fragment(metadata_json)
-    return orjson.dumps(
-        {
-            "id": i.id,
-            "timestamp": i.timestamp,
-            "user_message": i.user_message,
-            "assistant_response": i.assistant_response,
-            "metadata": metadata,
-            "topics": i.topics,
-        },
-        option=orjson.OPT_UTC_Z,
-    )
+    body = orjson.dumps({
+        "user_message": i.user_message, "assistant_response": i.assistant_response,
+        "metadata": metadata, "topics": i.topics,
+    })  # fmt: skip
+    return _record(i.timestamp, i.id, INTERACTION, body, cipher)
 
 
-# -- reading back what the store wrote -----------------------------------------------------
-#
-# Reads return the models without a second pydantic validation (resume's main cost): stored
-# records are validated against _StoredInteraction by msgspec, in C, at the cost of a plain
-# JSON parse, and the models are built from the result. A record that does not pass (another
-# shape, a non-UTC zone, or corruption) takes the full pydantic path, which normalises it or
-# says what is wrong (CorruptData).
-
-_UTC = timezone.utc
-_SESSION_KEYS = tuple(Session.model_fields)
+def encode_item(rid: str, at: datetime, item_json: bytes, cipher: Cipher) -> bytes:
+    """The stored record of a framework item, given as its (checked) JSON."""
+    return _record(at, rid, ITEM, item_json, cipher)
 
 
-class _StoredInteraction(msgspec.Struct, forbid_unknown_fields=True):
-    """models.Interaction's fields and constraints, as msgspec types (a test holds the two to
-    accepting the same records with the same result)."""
-
-    id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    timestamp: Annotated[datetime, msgspec.Meta(tz=True)]
-    user_message: str
-    assistant_response: str | None = None
-    metadata: dict[str, Any] = {}
-    topics: list[str] = []
+def encode_entry(e: Interaction | Item, cipher: Cipher) -> bytes:
+    """The stored record of any history entry (imports, merges and rewrites)."""
+    if isinstance(e, Interaction):
+        return encode_interaction(e, cipher)
+    return encode_item(e.id, e.timestamp, orjson.dumps(e.item), cipher)
 
 
-_RECORDS = msgspec.json.Decoder(list[_StoredInteraction])
-_asdict = msgspec.structs.asdict
+def sealed_body(rec: bytes | str) -> bytes:
+    """The part of a record that encryption seals: the body (the whole of an old record)."""
+    raw = rec.encode() if isinstance(rec, str) else rec
+    return raw.split(b" ", 3)[3] if raw[:1].isdigit() else raw
 
 
-def decode_interactions(raw: Sequence[bytes | str], cipher: Cipher) -> list[Interaction]:
-    if cipher.enabled or (raw and type(raw[0]) is not bytes):
-        # open() decrypts, and turns the str of a decode_responses client into bytes.
-        records = [cipher.open(r, "an interaction") for r in raw]
-    else:
-        # Records as stored: a token among them fails the parse and takes the careful
-        # path, which says that a key is missing.
-        records = cast("list[bytes]", raw)
+def decode_history(raw: Sequence[bytes | str], cipher: Cipher) -> list[Interaction | Item]:
+    """The entries of these records, oldest first; CorruptData if one does not decode."""
+    parts = []
+    for r in raw:
+        rec = r.encode() if isinstance(r, str) else r
+        if rec[:1].isdigit():
+            head = rec.split(b" ", 3)
+            if len(head) < 4:
+                raise CorruptData(f"a history record in Redis is malformed: {rec[:60]!r}")
+            ts, rid, kind, sealed = head
+            body = cipher.open(sealed, "a history entry")
+            if kind == INTERACTION:  # the body's fields follow the header's
+                parts.append(b'{"kind":"interaction","id":"%s","timestamp":"%s",%s'
+                             % (rid, ts, body[1:]))  # fmt: skip
+            elif kind == ITEM:
+                parts.append(b'{"kind":"item","id":"%s","timestamp":"%s","item":%s}'
+                             % (rid, ts, body))  # fmt: skip
+            else:
+                raise CorruptData(f"a history record in Redis has an unknown kind {kind!r}")
+        else:  # written before framework items: a whole Interaction
+            body = cipher.open(rec, "an interaction")
+            parts.append(b'{"kind":"interaction",' + body[1:] if body[:1] == b"{" else body)
     try:
-        stored = _RECORDS.decode(b"[" + b",".join(records) + b"]")
-    except msgspec.DecodeError:  # also msgspec.ValidationError
-        stored = None
-    if stored is not None and len(stored) == len(records):
-        items = [trusted(Interaction, _asdict(s)) for s in stored]
-        if all(i.timestamp.tzinfo is _UTC for i in items):
-            return items
-    return _validate_interactions(raw, cipher)
-
-
-def _validate_interactions(raw: Sequence[bytes | str], cipher: Cipher) -> list[Interaction]:
-    try:
-        return [Interaction.model_validate_json(cipher.open(r, "an interaction")) for r in raw]
+        return _HISTORY.validate_json(b"[" + b",".join(parts) + b"]")
     except ValidationError as e:
-        raise CorruptData(f"an interaction record in Redis is malformed: {e}") from e
+        raise CorruptData(f"a history record in Redis is malformed: {e}") from e
 
 
 def _record_values(sid: str, h: dict[str, str], cipher: Cipher) -> dict[str, Any]:
@@ -142,7 +157,7 @@ def _str_list(value: object) -> bool:
 
 
 def record_from_hash(sid: str, h: dict[str, str], cipher: Cipher) -> SessionRecord:
-    return trusted(SessionRecord, _record_values(sid, h, cipher))
+    return SessionRecord.model_validate(_record_values(sid, h, cipher))
 
 
 def expires_from_hash(sid: str, h: dict[str, str]) -> int:
@@ -153,18 +168,18 @@ def expires_from_hash(sid: str, h: dict[str, str]) -> int:
 
 
 def session_from_hash(
-    sid: str, h: dict[str, str], history: list[Interaction], cipher: Cipher
+    sid: str, h: dict[str, str], history: list[Interaction | Item], cipher: Cipher
 ) -> Session:
     values = _record_values(sid, h, cipher)
     values["expires_at"] = from_us(expires_from_hash(sid, h))
-    values["history"] = history
-    return trusted(Session, {k: values[k] for k in _SESSION_KEYS})  # field order: JSON's order
+    values["history"] = history  # models already: pydantic takes them as they are
+    return Session.model_validate(values)
 
 
 def summary_from_row(sid: str, row: dict[str, str]) -> SessionSummary:
     """A listing's row: the SUMMARY_FIELDS of a session hash."""
     try:
-        return trusted(SessionSummary, {
+        return SessionSummary.model_validate({
             "session_id": sid,
             "user_id": row["user_id"],
             "total_interactions": int(row["total_interactions"]),

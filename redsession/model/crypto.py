@@ -8,7 +8,11 @@ Data written before encryption was turned on stays readable (it is not a Fernet 
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from collections.abc import Sequence
+from datetime import datetime, timezone
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
@@ -17,6 +21,40 @@ from redsession.errors import ConfigError, DecryptionError
 # Every Fernet token is base64url of a 0x80 version byte and a 64-bit timestamp; no JSON
 # document redsession writes starts like this.
 TOKEN_PREFIX = b"gAAAAA"
+# A token: version (1 byte), timestamp (8), IV (16), AES-CBC ciphertext (16n, n >= 1), HMAC (32).
+_TOKEN_OVERHEAD = 1 + 8 + 16 + 32
+
+
+def fingerprint(key: str | bytes) -> str:
+    """A short non-secret name for a Fernet key: the first 8 hex digits of its SHA-256.
+
+    Fernet tokens carry no key id, so this names the configured keys in messages; an
+    operator gets the same from ``printf %s "$KEY" | sha256sum | cut -c1-8``.
+    """
+    raw = key.encode() if isinstance(key, str) else key
+    canonical = base64.urlsafe_b64encode(base64.urlsafe_b64decode(raw))
+    return hashlib.sha256(canonical).hexdigest()[:8]
+
+
+def sealed_at(data: bytes) -> datetime | None:
+    """When a well-formed Fernet token says it was sealed (in the clear, unauthenticated).
+
+    None for anything that cannot be a whole token (damaged, truncated, not base64): such
+    data is broken whatever the key, whereas a well-formed token no key opens points at a
+    missing key (or a forgery).
+    """
+    try:
+        # Strict: urlsafe_b64decode would skip stray bytes and could make garbage look whole.
+        raw = base64.b64decode(data.strip(), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    body = len(raw) - _TOKEN_OVERHEAD
+    if raw[:1] != b"\x80" or body < 16 or body % 16:
+        return None
+    try:
+        return datetime.fromtimestamp(int.from_bytes(raw[1:9], "big"), timezone.utc)
+    except (OverflowError, OSError, ValueError):  # a time no Fernet could have written
+        return None
 
 
 class Cipher:
@@ -33,10 +71,15 @@ class Cipher:
             ) from e
         self._multi = MultiFernet(fernets) if fernets else None
         self._newest = fernets[0] if fernets else None
+        self._fingerprints = [fingerprint(k) for k in keys]
 
     @property
     def enabled(self) -> bool:
         return self._multi is not None
+
+    def fingerprints(self) -> list[str]:
+        """The configured keys' fingerprints (see ``fingerprint``), newest first."""
+        return list(self._fingerprints)
 
     def seal(self, data: bytes) -> bytes:
         return self._multi.encrypt(data) if self._multi else data

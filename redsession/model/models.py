@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 EXPORT_FORMAT = "redsession.session"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _US = timedelta(microseconds=1)
 
@@ -30,43 +31,79 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-M = TypeVar("M", bound=_Model)
-_new = object.__new__
-_set = object.__setattr__
-
-
-def trusted(cls: type[M], values: dict[str, Any]) -> M:
-    """An instance holding ``values`` as they are, without validation.
-
-    For values already checked: a new interaction's (log_interaction checks each part) or
-    what the codec reads back from the store, which it checks its own, faster way: a second
-    pydantic validation was resume's main cost. ``values`` must name every
-    field, in the model's field order (serialisation follows it). The result is what
-    ``cls.model_construct(**values)`` builds (a test holds it to that), at a tenth of the cost.
-    """
-    m = _new(cls)
-    _set(m, "__dict__", values)
-    _set(m, "__pydantic_fields_set__", set(values))
-    _set(m, "__pydantic_extra__", None)
-    _set(m, "__pydantic_private__", None)
-    return m
-
-
-# Every timestamp is stored as µs since the epoch; normalise the zone so that a round trip
-# through Redis compares equal. Only on timestamp fields: a "*" validator would be a Python
-# call on every field of every record (measurable on resume).
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda v: v.astimezone(timezone.utc))]
-
-
 class Interaction(_Model):
     """One exchange: what the user said, what the assistant answered, and its annotations."""
 
+    kind: Literal["interaction"] = "interaction"
     id: str = Field(min_length=1, max_length=128)
-    timestamp: UtcDatetime
+    timestamp: AwareDatetime
     user_message: str
     assistant_response: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     topics: list[str] = Field(default_factory=list)
+
+
+class Item(_Model):
+    """One framework item (a message with a role, a tool call or result, an event), as given.
+
+    ``item`` is opaque to redsession: it comes back equal to what was appended, key order
+    included. Read through a framework, an Interaction is two items (user, then assistant).
+    """
+
+    kind: Literal["item"] = "item"
+    id: str = Field(min_length=1, max_length=128)
+    timestamp: AwareDatetime
+    item: dict[str, Any]
+
+
+# One entry of a session's history, oldest first: an interaction or a framework item.
+Entry = Annotated[Interaction | Item, Field(discriminator="kind")]
+
+
+def interactions_of(history: list[Interaction | Item]) -> list[Interaction]:
+    return [e for e in history if isinstance(e, Interaction)]
+
+
+def interaction_items(i: Interaction) -> list[dict[str, Any]]:
+    """An interaction as a framework reads it: the user's message, then the assistant's.
+
+    Chat-message items in the form most frameworks take as input ({"role", "content"});
+    each adapter turns them into its own types (an ADK event, say).
+    """
+    items: list[dict[str, Any]] = [{"role": "user", "content": i.user_message}]
+    if i.assistant_response is not None:
+        items.append({"role": "assistant", "content": i.assistant_response})
+    return items
+
+
+def item_text(item: dict[str, Any]) -> tuple[str, str]:
+    """(role, text) of an item for a person to read: the CLI's show, the dashboard.
+
+    Knows the common shapes (a "role" or "type", or ADK's "author"; a "content" string, a
+    list of parts with "text", ADK's content.parts); anything else is shown as JSON.
+    """
+    role = item.get("role") or item.get("author") or item.get("type") or "item"
+    content = item.get("content")
+    if isinstance(content, dict):  # ADK: {"role", "parts": [{"text"}, ...]}
+        content = content.get("parts")
+    if isinstance(content, str):
+        return str(role), content
+    if isinstance(content, list):
+        texts = [p.get("text") for p in content if isinstance(p, dict)]
+        if any(isinstance(t, str) for t in texts):
+            return str(role), "\n".join(t for t in texts if isinstance(t, str))
+    return str(role), orjson.dumps(item).decode()
+
+
+def as_items(history: list[Interaction | Item]) -> list[dict[str, Any]]:
+    """The history as a framework reads it, oldest first (see interaction_items)."""
+    out: list[dict[str, Any]] = []
+    for e in history:
+        if isinstance(e, Item):
+            out.append(e.item)
+        else:
+            out.extend(interaction_items(e))
+    return out
 
 
 class SessionSummary(_Model):
@@ -74,20 +111,25 @@ class SessionSummary(_Model):
 
     session_id: str
     user_id: str
-    total_interactions: int
-    created_at: UtcDatetime
-    last_activity: UtcDatetime
-    expires_at: UtcDatetime
+    total_interactions: int  # entries in the history: interactions and items
+    created_at: AwareDatetime
+    last_activity: AwareDatetime
+    expires_at: AwareDatetime
 
 
 class Session(SessionSummary):
-    """A session's state, with its newest interactions in ``history`` (oldest first)."""
+    """A session's state, with its newest history entries in ``history`` (oldest first)."""
 
     context: dict[str, Any] = Field(default_factory=dict)
     topics: list[str] = Field(default_factory=list)
     version: int = 0
     merged_from: list[str] = Field(default_factory=list)
-    history: list[Interaction] = Field(default_factory=list)
+    history: list[Entry] = Field(default_factory=list)
+
+    @property
+    def interactions(self) -> list[Interaction]:
+        """The interactions of ``history`` (its framework items left out), typed as such."""
+        return interactions_of(self.history)
 
 
 class SessionRecord(_Model):
@@ -95,8 +137,8 @@ class SessionRecord(_Model):
 
     session_id: str
     user_id: str
-    created_at: UtcDatetime
-    last_activity: UtcDatetime
+    created_at: AwareDatetime
+    last_activity: AwareDatetime
     total_interactions: int = Field(ge=0)
     context: dict[str, Any] = Field(default_factory=dict)
     topics: list[str] = Field(default_factory=list)
@@ -105,13 +147,36 @@ class SessionRecord(_Model):
 
 
 class SessionExport(_Model):
-    """The versioned export document; also the format of every dump file."""
+    """The versioned export document; also the format of every dump file.
+
+    Version 2 holds the whole history, interactions and items in order; version 1 documents
+    (interactions only) still import (SessionExportV1).
+    """
+
+    format: Literal["redsession.session"] = "redsession.session"
+    version: Literal[2] = 2
+    session: SessionRecord
+    history: list[Entry]
+    expires_at: AwareDatetime
+
+    @property
+    def interactions(self) -> list[Interaction]:
+        return interactions_of(self.history)
+
+
+class SessionExportV1(_Model):
+    """The export document before framework items: read, never written."""
 
     format: Literal["redsession.session"] = "redsession.session"
     version: Literal[1] = 1
     session: SessionRecord
     interactions: list[Interaction]
-    expires_at: UtcDatetime
+    expires_at: AwareDatetime
+
+    def upgrade(self) -> SessionExport:
+        return SessionExport(
+            session=self.session, history=list(self.interactions), expires_at=self.expires_at
+        )
 
 
 class SessionPage(_Model):
@@ -128,6 +193,6 @@ class StoreStats(_Model):
     users: int
     interactions: int
     redis_used_memory: int
-    oldest_activity: UtcDatetime | None
-    newest_activity: UtcDatetime | None
+    oldest_activity: AwareDatetime | None
+    newest_activity: AwareDatetime | None
     expiring_24h: int

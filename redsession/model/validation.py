@@ -34,7 +34,8 @@ def new_session_id() -> str:
             return sid
 
 
-def new_interaction_id() -> str:
+def new_entry_id() -> str:
+    """An interaction's or item's id: 96 random bits, url-safe (16 characters)."""
     return secrets.token_urlsafe(12)
 
 
@@ -42,6 +43,15 @@ def session_id(value: object) -> str:
     if not isinstance(value, str) or not SESSION_ID.fullmatch(value):
         raise InvalidSessionId(
             f"invalid session id {show(value)}: use 1-128 characters from A-Z a-z 0-9 _ -"
+        )
+    return value
+
+
+def entry_id(value: object) -> str:
+    """A history entry's id: the alphabet of session ids (it is written into the record)."""
+    if not isinstance(value, str) or not SESSION_ID.fullmatch(value):
+        raise InvalidInput(
+            f"invalid entry id {show(value)}: use 1-128 characters from A-Z a-z 0-9 _ -"
         )
     return value
 
@@ -55,16 +65,18 @@ def user_id(value: object) -> str:
 
 
 def text(value: object, what: str, max_bytes: int) -> str:
+    """A str that is valid Unicode (no lone surrogate) and at most ``max_bytes`` as UTF-8."""
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be a string, not {type(value).__name__}")
-    # A str of n code points is at most 4n UTF-8 bytes: only long strings need encoding.
-    if len(value) * 4 > max_bytes:
+    if value.isascii():  # most text, checked in C: one byte a character, nothing to encode
+        size = len(value)
+    else:
         try:
             size = len(value.encode())
         except UnicodeEncodeError as e:
             raise InvalidInput(f"{what} is not valid Unicode (lone surrogate)") from e
-        if size > max_bytes:
-            raise PayloadTooLarge(f"{what} is {size} bytes; the limit is {max_bytes}")
+    if size > max_bytes:
+        raise PayloadTooLarge(f"{what} is {size} bytes; the limit is {max_bytes}")
     return value
 
 
@@ -103,6 +115,7 @@ def topics(values: object, max_topics: int) -> list[str]:
     for t in values:
         if not isinstance(t, str) or not t or len(t) > 256:
             raise InvalidInput(f"topic {show(t)} must be a non-empty string of at most 256 chars")
+        text(t, "a topic", 1024)
         if t not in out:
             out.append(t)
     if len(out) > max_topics:

@@ -33,7 +33,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from redsession.config import Settings
-from redsession.errors import StorageUnavailable
+from redsession.errors import RedsessionError, StorageUnavailable
 from redsession.maintenance.backup import run_backup
 from redsession.manager import SessionManager
 from redsession.services.leader import LeaderLock, read_heartbeat
@@ -254,6 +254,9 @@ class Worker:
             except _LeaseLost:
                 log.warning("job %s period %d: stopped, the lease was lost", name, period)
                 return
+            except RedsessionError as e:  # e.g. a symlink planted in data_dir: said, not raised
+                log.error("job %s period %d failed: %s", name, period, e)
+                return
             log.info("job %s period %d done in %.3fs: %s",
                      name, period, time.monotonic() - start, outcome)  # fmt: skip
 
@@ -269,6 +272,12 @@ class Worker:
             except (StorageUnavailable, _LeaseLost) as e:
                 log.warning("restore at start did not finish (retried): %r", e)
                 self._restore_queued = False
+                return
+            except RedsessionError as e:
+                # A configuration problem (a key, a planted symlink): retrying cannot help, and
+                # restore stopped before it touched any dump file.
+                log.error("restore at start failed; fix this and restart the worker: %s", e)
+                self.restored = True
                 return
             self.restored = True
             log.info("restore at start: %s", report)

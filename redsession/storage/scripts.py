@@ -1,8 +1,16 @@
-"""The Lua scripts behind every mutation: each one round trip, atomic on its session's slot.
+"""The Lua scripts behind every session operation: each one round trip, atomic on its slot.
 
 Every script runs with the same KEYS and leading ARGV, set out in PRELUDE, then arguments
 of its own (ARGV[11] on), documented at each script. Scripts reply with a status table:
-{'ok', ...}, {'missing'}, {'gone', tombstone}, {'denied'}, {'exists'} or {'conflict'}.
+{'ok', ...}, {'missing'}, {'gone', tombstone}, {'denied'}, {'exists'}, {'conflict'},
+{'limit', n}, {'empty'}, {'interaction', record} or {'legacy'}.
+
+History records are ``TIME ID KIND BODY`` (model/codec.py): the scripts read TIME (the first
+27 bytes, which sort as time) and ID, never the body, which may be encrypted.
+
+Tombstones are ``deleted <owner>`` or ``merged <owner> <primary>``; a caller who names an
+owner (a user's token) and is not that owner is told 'missing', exactly as for an id that
+never existed, so that no reply says whether another user's session exists.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from redsession.storage.commands import Script
 from redsession.storage.indexes import lua_functions
 
 PRELUDE = """
--- KEYS[1] session hash, KEYS[2] interaction log, KEYS[3] tombstone: all in the session's slot.
+-- KEYS[1] session hash, KEYS[2] history log, KEYS[3] tombstone: all in the session's slot.
 -- KEYS[4..7] the global indexes (indexes.GLOBAL: sessions, users, expiry, dirty):
 --   given on a single server only; on a cluster the caller updates them in a second step.
 -- ARGV[1] user key head ('' = do not touch indexes), ARGV[2] user-sessions tail,
@@ -23,15 +31,23 @@ local HEAD, TAIL_S, TAIL_P = ARGV[1], ARGV[2], ARGV[3]
 local ACTIVE, EXP_US, EXP_MS, NOW = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local PREFS_MS, OWNER, SID = ARGV[8], ARGV[9], ARGV[10]
 
--- The live session's owner, or nil and the reply that says why there is none.
-local function owner()
-  local uid = redis.call('HGET', HASH, 'user_id')
+-- The live session's owner, or nil and the reply that says why there is none. A write is
+-- refused while a merge has fenced the session: it answers as the merged tombstone will.
+-- A merged tombstone (and a fence) names the primary's owner, who alone may follow it.
+local function owner(write)
+  local h = redis.call('HMGET', HASH, 'user_id', 'merging')
+  local uid = h[1]
   if not uid then
     local t = redis.call('GET', TOMB)
-    if t then return nil, {'gone', t} end
-    return nil, {'missing'}
+    if not t then return nil, {'missing'} end
+    if OWNER ~= '' and string.match(t, '^%a+ (%S+)') ~= OWNER then return nil, {'missing'} end
+    return nil, {'gone', t}
   end
   if OWNER ~= '' and OWNER ~= uid then return nil, {'denied'} end
+  if write and h[2] then
+    if OWNER ~= '' and string.match(h[2], '^(%S+)') ~= OWNER then return nil, {'missing'} end
+    return nil, {'gone', 'merged ' .. h[2]}
+  end
   return uid
 end
 
@@ -46,9 +62,51 @@ local function expire()
   redis.call('PEXPIREAT', HASH, EXP_MS)
   redis.call('PEXPIREAT', LOG, EXP_MS)
 end
+
+-- A record's time (the first 27 bytes), or nil for a record written before headers.
+local function rtime(rec)
+  if string.find(rec, '^%d') then return string.sub(rec, 1, 27) end
+  return nil
+end
+
+-- Counts as activity: the write or read that calls it slides the session's expiry.
+local function touch(uid, n)
+  if n then
+    redis.call('HSET', HASH, 'total_interactions', n, 'last_activity', ACTIVE, 'expires_at', EXP_US)
+  else
+    redis.call('HSET', HASH, 'last_activity', ACTIVE, 'expires_at', EXP_US)
+  end
+  expire()
+end
+
+-- Appends records ARGV[from..to] to the log; returns the new length.
+local function push(from, to)
+  local n = redis.call('LLEN', LOG)
+  for i = from, to, 1000 do
+    n = redis.call('RPUSH', LOG, unpack(ARGV, i, math.min(i + 999, to)))
+  end
+  return n
+end
+
+-- Adds ARGV[from..#ARGV] to the session's topics (first seen first); false past ``limit``.
+local function add_topics(from, limit)
+  if #ARGV < from then return true end
+  local topics = cjson.decode(redis.call('HGET', HASH, 'topics'))
+  local seen = {}
+  for _, t in ipairs(topics) do seen[t] = true end
+  local added = false
+  for i = from, #ARGV do
+    if not seen[ARGV[i]] then
+      seen[ARGV[i]] = true
+      topics[#topics + 1] = ARGV[i]
+      added = true
+    end
+  end
+  if limit and #topics > limit then return false, #topics end
+  if added then redis.call('HSET', HASH, 'topics', cjson.encode(topics)) end
+  return true
+end
 """
-
-
 PRELUDE += lua_functions()  # index(uid) and unindex(uid): the rule of indexes.py
 
 
@@ -56,31 +114,35 @@ def _session(name: str, body: str) -> Script:
     return Script(name, PRELUDE + body)
 
 
+def _new_hash(uid: str, context: str, created: str) -> str:
+    """Lua that writes a new session's hash, from Lua expressions."""
+    return f"""redis.call('HSET', HASH, 'user_id', {uid}, 'created_at', {created},
+  'last_activity', ACTIVE, 'expires_at', EXP_US, 'total_interactions', 0,
+  'context', {context}, 'topics', '[]', 'version', 0, 'merged_from', '[]')"""
+
+
 # ARGV[11] user id, ARGV[12] context JSON, ARGV[13] created_at (µs).
 CREATE = _session(
     "create",
-    """
-if redis.call('EXISTS', HASH, TOMB) > 0 then return {'exists'} end
-redis.call('HSET', HASH, 'user_id', ARGV[11], 'created_at', ARGV[13],
-  'last_activity', ACTIVE, 'expires_at', EXP_US, 'total_interactions', 0,
-  'context', ARGV[12], 'topics', '[]', 'version', 0, 'merged_from', '[]')
+    f"""
+if redis.call('EXISTS', HASH, TOMB) > 0 then return {{'exists'}} end
+{_new_hash("ARGV[11]", "ARGV[12]", "ARGV[13]")}
 expire()
 index(ARGV[11])
-return {'ok'}
+return {{'ok'}}
 """,
 )
 
 # ARGV[11] '1' to count as activity (resume) or '0' (a plain read),
-# ARGV[12] how many of the newest interactions to return (-1: all of them).
-# Reply: {'ok', HGETALL as a flat list, newest interactions oldest first}.
+# ARGV[12] how many of the newest records to return (-1: all of them).
+# Reply: {'ok', HGETALL as a flat list, newest records oldest first}.
 FETCH = _session(
     "fetch",
     """
-local uid, err = owner()
+local uid, err = owner(false)
 if not uid then return err end
 if ARGV[11] == '1' then
-  redis.call('HSET', HASH, 'last_activity', ACTIVE, 'expires_at', EXP_US)
-  expire()
+  touch(uid)
   index(uid)
 end
 local n = tonumber(ARGV[12])
@@ -91,51 +153,127 @@ return {'ok', redis.call('HGETALL', HASH), history}
 """,
 )
 
-# ARGV[11] at most this many ('' = all), ARGV[12] only positions before this ('' = to the end).
-# Reply: {'ok', log length, interactions oldest first}. Read-only; O(returned), not O(history).
+# ARGV[11] '1' to count as activity, ARGV[12] at most this many ('' = all),
+# ARGV[13] only positions before this ('' = to the end).
+# Reply: {'ok', owner, log length, records oldest first}. O(returned), not O(history).
 HISTORY = _session(
     "history",
     """
-local uid, err = owner()
+local uid, err = owner(false)
 if not uid then return err end
+if ARGV[11] == '1' then
+  touch(uid)
+  index(uid)
+end
 local len = redis.call('LLEN', LOG)
 local stop = len
-if ARGV[12] ~= '' then stop = math.min(len, tonumber(ARGV[12])) end
+if ARGV[13] ~= '' then stop = math.min(len, tonumber(ARGV[13])) end
 local start = 0
-if ARGV[11] ~= '' then start = math.max(0, stop - tonumber(ARGV[11])) end
-if stop <= start then return {'ok', len, {}} end
-return {'ok', len, redis.call('LRANGE', LOG, start, stop - 1)}
+if ARGV[12] ~= '' then start = math.max(0, stop - tonumber(ARGV[12])) end
+if stop <= start then return {'ok', uid, len, {}} end
+return {'ok', uid, len, redis.call('LRANGE', LOG, start, stop - 1)}
 """,
 )
 
-# ARGV[11] the interaction record (JSON), ARGV[12] max topics per session,
-# ARGV[13..] topics to add. O(1) in history length; O(topics) for the topic union.
-# Reply: {'ok', owner, new length} or {'limit', topic count}.
-LOG = _session(
-    "log",
+# ARGV[11] '1' to count as activity, ARGV[12] the earliest time wanted (a record TIME),
+# ARGV[13] a time some seconds before it: writers' clocks may disagree by that much, so the
+# log is read back from the newest record until a record older than this one (or a record
+# written before headers, older still). Reply: {'ok', owner, records at or after ARGV[12],
+# oldest first}. O(records returned + records in the clock-skew margin).
+AFTER = _session(
+    "after",
     """
-local uid, err = owner()
+local uid, err = owner(false)
 if not uid then return err end
-local topics_json
-if #ARGV > 12 then
-  local topics = cjson.decode(redis.call('HGET', HASH, 'topics'))
-  local seen = {}
-  for _, t in ipairs(topics) do seen[t] = true end
-  local added = false
-  for i = 13, #ARGV do
-    if not seen[ARGV[i]] then
-      seen[ARGV[i]] = true
-      topics[#topics + 1] = ARGV[i]
-      added = true
-    end
-  end
-  if #topics > tonumber(ARGV[12]) then return {'limit', #topics} end
-  if added then topics_json = cjson.encode(topics) end
+if ARGV[11] == '1' then
+  touch(uid)
+  index(uid)
 end
-local n = redis.call('RPUSH', LOG, ARGV[11])
-redis.call('HSET', HASH, 'total_interactions', n, 'last_activity', ACTIVE, 'expires_at', EXP_US)
-if topics_json then redis.call('HSET', HASH, 'topics', topics_json) end
-expire()
+local since, floor = ARGV[12], ARGV[13]
+local found, stop, page = {}, -1, 64
+while true do
+  local recs = redis.call('LRANGE', LOG, stop - page + 1, stop)
+  for i = #recs, 1, -1 do
+    local t = rtime(recs[i])
+    if not t or t < floor then
+      local out = {}
+      for j = #found, 1, -1 do out[#out + 1] = found[j] end
+      return {'ok', uid, out}
+    end
+    if t >= since then found[#found + 1] = recs[i] end
+  end
+  if #recs < page then break end
+  stop = stop - page
+end
+local out = {}
+for j = #found, 1, -1 do out[#out + 1] = found[j] end
+return {'ok', uid, out}
+""",
+)
+
+# ARGV[11] max topics per session, ARGV[12] k, the number of records that follow,
+# ARGV[13..12+k] the records, oldest first; ARGV[13+k] the user to create the session for
+# when it does not exist ('' = do not create: 'missing'); ARGV[14+k..] topics to add.
+# O(k) in the records appended, whatever the history length; O(topics) for the topic union.
+# Reply: {'ok', owner, new length} or {'limit', topic count}.
+APPEND = _session(
+    "append",
+    f"""
+local k = tonumber(ARGV[12])
+local create = ARGV[13 + k]
+local uid, err = owner(true)
+if not uid then
+  if create == '' or err[1] ~= 'missing' or redis.call('EXISTS', TOMB) == 1 then return err end
+  if OWNER ~= '' and OWNER ~= create then return err end
+  uid = create
+  {_new_hash("uid", "'{}'", "NOW")}
+end
+local ok, count = add_topics(14 + k, tonumber(ARGV[11]))
+if not ok then return {{'limit', count}} end
+local n = push(13, 12 + k)
+touch(uid, n)
+index(uid)
+return {{'ok', uid, n}}
+""",
+)
+
+# ARGV[11] the record the caller expects at the tail ('' = look first), ARGV[12] what
+# replaces it ('' = remove it). With ARGV[11] '': an item at the tail is removed and
+# returned; an interaction is returned as {'interaction', record} untouched, for the caller
+# to split (its newest item is the assistant's answer) and come back with both arguments.
+# Reply: {'ok', owner, removed or replaced record, new length}, {'empty'}, {'conflict'}.
+POP = _session(
+    "pop",
+    """
+local uid, err = owner(true)
+if not uid then return err end
+local tail = redis.call('LINDEX', LOG, -1)
+if not tail then return {'empty'} end
+if ARGV[11] == '' then
+  -- an item is "TIME ID m BODY"; anything else (an interaction, old or new) is split by
+  -- the caller
+  if not string.find(tail, '^%d%S* %S+ m ') then return {'interaction', tail} end
+elseif tail ~= ARGV[11] then
+  return {'conflict'}
+end
+if ARGV[12] == '' then redis.call('RPOP', LOG) else redis.call('LSET', LOG, -1, ARGV[12]) end
+local n = redis.call('LLEN', LOG)
+touch(uid, n)
+index(uid)
+return {'ok', uid, tail, n}
+""",
+)
+
+# Replaces the whole history, keeping the session (clear it with no records; compaction).
+# ARGV[11..] the new records, oldest first. Reply: {'ok', owner, new length}.
+REPLACE_HISTORY = _session(
+    "replace_history",
+    """
+local uid, err = owner(true)
+if not uid then return err end
+redis.call('DEL', LOG)
+local n = push(11, #ARGV)
+touch(uid, n)
 index(uid)
 return {'ok', uid, n}
 """,
@@ -146,37 +284,144 @@ return {'ok', uid, n}
 UPDATE_CONTEXT = _session(
     "update_context",
     """
-local uid, err = owner()
+local uid, err = owner(true)
 if not uid then return err end
 if redis.call('HGET', HASH, 'version') ~= ARGV[11] then return {'conflict'} end
 local v = redis.call('HINCRBY', HASH, 'version', 1)
-redis.call('HSET', HASH, 'context', ARGV[12], 'last_activity', ACTIVE, 'expires_at', EXP_US)
-expire()
+redis.call('HSET', HASH, 'context', ARGV[12])
+touch(uid)
 index(uid)
 return {'ok', v, uid}
 """,
 )
 
-# ARGV[11] tombstone value ('deleted' or 'merged:<primary id>'), ARGV[12] its TTL (ms),
-# ARGV[13] ARGV[14] expected version and total ('' = unchecked; merge uses them).
-# Reply: {'ok', owner}.
+# ARGV[11] '' to delete, or the primary a fenced session was merged into (MERGE_INTO has
+# taken its content), ARGV[12] the tombstone's TTL (ms), ARGV[13] the primary's owner.
+# Reply: {'ok', owner}; {'conflict'} when a merge tombstone finds no fence for that primary.
 DELETE = _session(
     "delete",
     """
-local uid, err = owner()
+local uid, err = owner(ARGV[11] == '')
 if not uid then return err end
-if ARGV[13] ~= '' and changed(ARGV[13], ARGV[14]) then return {'conflict'} end
+local tomb = 'deleted ' .. uid
+if ARGV[11] ~= '' then
+  tomb = 'merged ' .. ARGV[13] .. ' ' .. ARGV[11]
+  if redis.call('HGET', HASH, 'merging') ~= ARGV[13] .. ' ' .. ARGV[11] then
+    return {'conflict'}
+  end
+end
 redis.call('DEL', HASH, LOG)
-redis.call('SET', TOMB, ARGV[11], 'PX', ARGV[12])
+redis.call('SET', TOMB, tomb, 'PX', ARGV[12])
 unindex(uid)
 return {'ok', uid}
 """,
 )
 
-# Replace a whole session (import, restore, the primary of a merge).
+# The first step of a merge, on the secondary: from now on it refuses writes, which answer
+# as its merged tombstone will (SessionMerged, naming the primary), so that nothing written
+# to it can be lost while its content moves. ARGV[11] the primary, ARGV[12] its owner.
+# Idempotent for the same primary. Reply: {'ok', owner}; {'gone', ...} when fenced (or
+# merged) for another primary.
+FENCE = _session(
+    "fence",
+    """
+local uid, err = owner(false)
+if not uid then return err end
+local fence = redis.call('HGET', HASH, 'merging')
+local mine = ARGV[12] .. ' ' .. ARGV[11]
+if fence and fence ~= mine then return {'gone', 'merged ' .. fence} end
+redis.call('HSET', HASH, 'merging', mine)
+return {'ok', uid}
+""",
+)
+
+# The second step of a merge, on the primary: the fenced secondary's records join the
+# primary's history, interleaved by (time, id) and deduplicated by id (the primary's copy
+# wins), in one step, so that appends to the primary racing with the merge are kept.
+# ARGV[11] the primary's version the caller read (its context was merged from that one),
+# ARGV[12] the merged context ('' = unchanged), ARGV[13] the secondary's created_at (µs),
+# ARGV[14] merged_from (JSON; '' = unchanged), ARGV[15] k, ARGV[16..15+k] the secondary's
+# records, ARGV[16+k..] its topics. EXP_US/EXP_MS and ACTIVE carry the secondary's expiry and
+# last activity: the later wins. The version moves only when the context or merged_from do,
+# so a re-run after a crash changes nothing that the first run did.
+# Reply: {'ok', version, length}; {'conflict'} if the version changed since ARGV[11];
+# {'legacy'} if the primary holds records written before headers (UPGRADE them first).
+MERGE_INTO = _session(
+    "merge_into",
+    """
+local uid, err = owner(true)
+if not uid then return err end
+if redis.call('HGET', HASH, 'version') ~= ARGV[11] then return {'conflict'} end
+local k = tonumber(ARGV[15])
+local seen, all, added = {}, {}, 0
+local function add(rec)
+  local key = string.match(rec, '^(%d%S* %S+) ')
+  if not key then return false end
+  local id = string.sub(key, 29)
+  if not seen[id] then
+    seen[id] = true
+    all[#all + 1] = {key, rec}
+    return true
+  end
+  return nil
+end
+for _, rec in ipairs(redis.call('LRANGE', LOG, 0, -1)) do
+  if add(rec) == false then return {'legacy'} end
+end
+for i = 16, 15 + k do add(ARGV[i]) end
+for i, e in ipairs(all) do e[3] = i end
+-- "TIME ID" compares as (time, id): TIME is fixed width
+table.sort(all, function(a, b) return a[1] < b[1] end)
+local moved = false
+for i, e in ipairs(all) do if e[3] ~= i then moved = true end end
+if moved or redis.call('LLEN', LOG) ~= #all then
+  redis.call('DEL', LOG)
+  for i = 1, #all, 1000 do
+    local chunk = {}
+    for j = i, math.min(i + 999, #all) do chunk[#chunk + 1] = all[j][2] end
+    redis.call('RPUSH', LOG, unpack(chunk))
+  end
+end
+local cur = redis.call('HMGET', HASH, 'created_at', 'last_activity', 'expires_at', 'version')
+local function later(a, b) if tonumber(a) > tonumber(b) then return a end return b end
+if tonumber(ARGV[13]) < tonumber(cur[1]) then redis.call('HSET', HASH, 'created_at', ARGV[13]) end
+ACTIVE = later(cur[2], ACTIVE)
+EXP_US = later(cur[3], EXP_US)
+EXP_MS = string.format('%.0f', math.floor(tonumber(EXP_US) / 1000))
+add_topics(16 + k, nil)
+local v = tonumber(cur[4])
+if ARGV[12] ~= '' or ARGV[14] ~= '' then v = redis.call('HINCRBY', HASH, 'version', 1) end
+if ARGV[12] ~= '' then redis.call('HSET', HASH, 'context', ARGV[12]) end
+if ARGV[14] ~= '' then redis.call('HSET', HASH, 'merged_from', ARGV[14]) end
+touch(uid, #all)
+index(uid)
+return {'ok', v, #all}
+""",
+)
+
+# Rewrites records written before headers in place, each only while it is still there:
+# ARGV[11..] triples of position (from the head), old record, new record. Appends go to the
+# tail, so positions hold. Reply: {'ok', records rewritten}.
+UPGRADE = _session(
+    "upgrade",
+    """
+local uid, err = owner(true)
+if not uid then return err end
+local n = 0
+for i = 11, #ARGV, 3 do
+  if redis.call('LINDEX', LOG, ARGV[i]) == ARGV[i + 1] then
+    redis.call('LSET', LOG, ARGV[i], ARGV[i + 2])
+    n = n + 1
+  end
+end
+return {'ok', n}
+""",
+)
+
+# Replace a whole session (import, restore, key rotation).
 # ARGV[11] mode: 'new' (refuse if it or its tombstone exists), 'replace', or 'cas'
 # (only if version and total still equal ARGV[12] and ARGV[13]); ARGV[14] k, the number
-# of hash field/value arguments that follow; then the interaction records, oldest first.
+# of hash field/value arguments that follow; then the history records, oldest first.
 # Reply: {'ok', previous owner or ''}.
 WRITE = _session(
     "write",
@@ -185,7 +430,7 @@ local mode = ARGV[11]
 if mode == 'new' then
   if redis.call('EXISTS', HASH, TOMB) > 0 then return {'exists'} end
 elseif mode == 'cas' then
-  local uid, err = owner()
+  local uid, err = owner(true)
   if not uid then return err end
   if changed(ARGV[12], ARGV[13]) then return {'conflict'} end
 end
@@ -198,9 +443,7 @@ local old = redis.call('HGET', HASH, 'user_id')
 if old and old ~= uid then unindex(old) end
 redis.call('DEL', HASH, LOG, TOMB)
 redis.call('HSET', HASH, unpack(ARGV, 15, 14 + k))
-for i = 15 + k, #ARGV, 1000 do
-  redis.call('RPUSH', LOG, unpack(ARGV, i, math.min(i + 999, #ARGV)))
-end
+push(15 + k, #ARGV)
 expire()
 index(uid)
 return {'ok', old or ''}

@@ -83,20 +83,18 @@ class Store:
     def _run(
         self, script: Script, sid: str, owner: str | None, t: Stamp, *extra: Arg
     ) -> Op[list[Reply]]:
+        """Run a session script; raise what its status says, return the rest of the reply."""
         reply: list[Reply] = yield self._eval(script, sid, owner, t, *extra)
         status = text(reply[0])
-        if status in ("ok", "conflict", "limit"):
-            return [status, *reply[1:]]
         if status == "exists":
             raise SessionExists(f"session {sid!r} already exists (or was deleted or merged)")
         if status == "denied":
             raise PermissionDenied(sid)
         if status == "gone":
-            tomb = text(reply[1])
-            if tomb.startswith("merged:"):
-                raise SessionMerged(sid, tomb.removeprefix("merged:"))
-            raise SessionNotFound(sid, f"session {sid!r} was deleted")
-        raise SessionNotFound(sid)
+            raise tombstone_error(sid, text(reply[1]))
+        if status == "missing":
+            raise SessionNotFound(sid)
+        return [status, *reply[1:]]
 
     def create(self, sid: str, uid: str, context: bytes, created: int, t: Stamp) -> Op[None]:
         yield from self._run(scripts.CREATE, sid, None, t, uid, context, created)
@@ -105,6 +103,7 @@ class Store:
     def fetch(
         self, sid: str, owner: str | None, t: Stamp, *, touch: bool, history: int
     ) -> Op[tuple[dict[str, str], list[Reply]]]:
+        """The session hash and its newest ``history`` records (-1: all of them)."""
         _, flat, hist = yield from self._run(
             scripts.FETCH, sid, owner, t, "1" if touch else "0", history
         )
@@ -114,24 +113,65 @@ class Store:
         return h, hist
 
     def history(
-        self, sid: str, owner: str | None, t: Stamp, limit: int | None, before: int | None
-    ) -> Op[list[Reply]]:
-        _, _, items = yield from self._run(
-            scripts.HISTORY, sid, owner, t,
+        self, sid: str, owner: str | None, t: Stamp, limit: int | None, before: int | None,
+        *, touch: bool = False,
+    ) -> Op[list[Reply]]:  # fmt: skip
+        """The newest ``limit`` records (None: all) of those at positions before ``before``."""
+        _, uid, _, records = yield from self._run(
+            scripts.HISTORY, sid, owner, t, "1" if touch else "0",
             "" if limit is None else limit, "" if before is None else before,
         )  # fmt: skip
-        return list(items)
+        if touch:
+            yield from self._index(sid, text(uid), t)
+        return list(records)
 
-    def log(
-        self, sid: str, owner: str | None, record: bytes, topics: Sequence[str],
-        max_topics: int, t: Stamp,
+    def after(
+        self, sid: str, owner: str | None, t: Stamp, since: bytes, floor: bytes, *, touch: bool
+    ) -> Op[list[Reply]]:
+        """The records whose time is ``since`` or later (see scripts.AFTER for ``floor``)."""
+        _, uid, records = yield from self._run(
+            scripts.AFTER, sid, owner, t, "1" if touch else "0", since, floor
+        )
+        if touch:
+            yield from self._index(sid, text(uid), t)
+        return list(records)
+
+    def append(
+        self, sid: str, owner: str | None, records: Sequence[bytes], topics: Sequence[str],
+        max_topics: int, t: Stamp, create_for: str | None = None,
     ) -> Op[tuple[str, int]]:  # fmt: skip
-        """Append one record; returns (status, log length). Status 'limit': too many topics."""
-        reply = yield from self._run(scripts.LOG, sid, owner, t, record, max_topics, *topics)
+        """Append records; returns (status, log length). Status 'limit': too many topics.
+
+        ``create_for``: create the session for that user when it does not exist (it never
+        resurrects a deleted or merged one).
+        """
+        reply = yield from self._run(
+            scripts.APPEND, sid, owner, t, max_topics, len(records), *records,
+            create_for or "", *topics,
+        )  # fmt: skip
         if reply[0] == "limit":
             return "limit", int(reply[1])
         yield from self._index(sid, text(reply[1]), t)
         return "ok", int(reply[2])
+
+    def pop(
+        self, sid: str, owner: str | None, t: Stamp, expect: bytes = b"", replace: bytes = b""
+    ) -> Op[tuple[str, bytes | None]]:
+        """Take the newest record off (see scripts.POP): (status, the record or None)."""
+        reply = yield from self._run(scripts.POP, sid, owner, t, expect, replace)
+        status = reply[0]
+        if status == "ok":
+            yield from self._index(sid, text(reply[1]), t)
+            return "ok", reply[2]
+        return status, reply[1] if status == "interaction" else None
+
+    def replace_history(
+        self, sid: str, owner: str | None, records: Sequence[bytes], t: Stamp
+    ) -> Op[int]:
+        """Make ``records`` the whole history, atomically; returns its length."""
+        _, uid, n = yield from self._run(scripts.REPLACE_HISTORY, sid, owner, t, *records)
+        yield from self._index(sid, text(uid), t)
+        return int(n)
 
     def update_context(
         self, sid: str, owner: str | None, expected_version: int, context: bytes, t: Stamp
@@ -146,18 +186,52 @@ class Store:
         return True
 
     def delete(
-        self, sid: str, owner: str | None, tomb: str, t: Stamp,
-        expect: tuple[int, int] | None = None,
-    ) -> Op[bool]:  # fmt: skip
-        """Replace the session by a tombstone; False if ``expect`` (version, total) is stale."""
-        version, total = expect if expect else ("", "")
+        self, sid: str, owner: str | None, t: Stamp, merged_into: tuple[str, str] | None = None
+    ) -> Op[bool]:
+        """Replace the session by a tombstone. ``merged_into`` (primary, its owner): the last
+        step of a merge, only while the session is fenced for it (False when it is not)."""
+        primary, p_owner = merged_into or ("", "")
         reply = yield from self._run(
-            scripts.DELETE, sid, owner, t, tomb, self._tomb_ms, version, total
+            scripts.DELETE, sid, owner, t, primary, self._tomb_ms, p_owner
         )
         if reply[0] == "conflict":
             return False
         yield from self._unindex(sid, text(reply[1]), t)
         return True
+
+    def fence(
+        self, sid: str, owner: str | None, primary: str, p_owner: str, t: Stamp
+    ) -> Op[str]:
+        """Refuse writes to ``sid`` from now on (the first step of merging it into
+        ``primary``, owned by ``p_owner``); returns its owner."""
+        _, uid = yield from self._run(scripts.FENCE, sid, owner, t, primary, p_owner)
+        return text(uid)
+
+    def merge_into(
+        self, sid: str, owner: str | None, version: int, context: bytes, created: int,
+        merged_from: bytes, records: Sequence[bytes], topics: Sequence[str], t: Stamp,
+    ) -> Op[str]:  # fmt: skip
+        """Fold a fenced session's records into ``sid`` (see scripts.MERGE_INTO): 'ok',
+        'conflict' (its context changed since ``version``) or 'legacy'."""
+        reply = yield from self._run(
+            scripts.MERGE_INTO, sid, owner, t, version, context, created, merged_from,
+            len(records), *records, *topics,
+        )  # fmt: skip
+        if reply[0] == "ok" and self.cluster:
+            h = yield from self.summaries([sid])  # the index step needs the times it kept
+            row = h[0]
+            if row is not None:
+                later = Stamp(int(row["last_activity"]), int(row["expires_at"]), t.now)
+                yield from self._index(sid, row["user_id"], later)
+        return str(reply[0])
+
+    def upgrade(
+        self, sid: str, owner: str | None, triples: Sequence[tuple[int, bytes, bytes]], t: Stamp
+    ) -> Op[int]:
+        """Rewrite records in place, each only while it is unchanged (see scripts.UPGRADE)."""
+        args = [a for triple in triples for a in triple]
+        _, n = yield from self._run(scripts.UPGRADE, sid, owner, t, *args)
+        return int(n)
 
     def write(
         self, sid: str, uid: str, fields: list[str | bytes], records: Sequence[bytes],
@@ -281,6 +355,17 @@ class Store:
         field = "total_interactions"
         rows = yield Batch(tuple(("HGET", self.keys.session(s), field) for s in sids))
         return sum(int(r) for r in rows if r is not None)
+
+
+def tombstone_error(sid: str, tomb: str) -> SessionNotFound:
+    """The error a tombstone's value stands for: 'deleted <owner>', 'merged <the primary's
+    owner> <primary>', or the owner-less forms written before tombstones named an owner."""
+    kind, _, rest = tomb.partition(" ")
+    if kind == "merged":
+        return SessionMerged(sid, rest.rpartition(" ")[2])
+    if tomb.startswith("merged:"):
+        return SessionMerged(sid, tomb.removeprefix("merged:"))
+    return SessionNotFound(sid, f"session {sid!r} was deleted")
 
 
 def _summary_rows(rows: Reply) -> list[dict[str, str] | None]:
