@@ -32,6 +32,7 @@ from redsession.model.models import (
     SessionExport,
     SessionPage,
     StoreStats,
+    UserPage,
     utcnow,
 )
 from redsession.storage.commands import Op
@@ -50,19 +51,24 @@ class AsyncSessionManager(ManagerBase):
         settings: Settings | None = None,
         *,
         clock: Callable[[], datetime] = utcnow,
+        client_factory: Callable[[], redis.asyncio.Redis | redis.asyncio.RedisCluster]
+        | None = None,
     ) -> None:
+        """``client_factory`` makes a client like ``client``: given one, the manager works
+        from any event loop (one client each); without one, from the loop ``client`` is on."""
         super().__init__(
             client, settings, clock, isinstance(client, redis.asyncio.RedisCluster)
         )
-        self._driver = AsyncDriver(client)
+        self._driver = AsyncDriver(client, client_factory)
 
     @classmethod
     def from_url(cls, url: str | None = None, **settings: Any) -> AsyncSessionManager:
+        """Connect to ``url`` (or REDSESSION_REDIS_URL); usable from any event loop."""
         s = Settings(**settings)
-        return cls(async_client(url, s), s)
+        return cls(async_client(url, s), s, client_factory=lambda: async_client(url, s))
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self._driver.close()
 
     async def __aenter__(self) -> AsyncSessionManager:
         return self
@@ -83,8 +89,12 @@ class AsyncSessionManager(ManagerBase):
         *,
         context: Mapping[str, Any] | None = None,
         session_id: str | None = None,
+        state: Mapping[str, Any] | None = None,
+        scope: Mapping[str, str] | None = None,
     ) -> Session:
-        return await self.run(sessions.create_session(self.core, user_id, context, session_id))
+        return await self.run(
+            sessions.create_session(self.core, user_id, context, session_id, state, scope)
+        )
 
     async def create_or_resume_session(self, user_id: str, session_id: str | None = None) -> str:
         return await self.run(sessions.create_or_resume_session(self.core, user_id, session_id))
@@ -117,13 +127,19 @@ class AsyncSessionManager(ManagerBase):
     async def set_preferences(self, user_id: str, prefs: Mapping[str, Any]) -> dict[str, Any]:
         return await self.run(sessions.set_preferences(self.core, user_id, prefs))
 
-    async def get_preferences(self, user_id: str) -> dict[str, Any]:
-        return await self.run(sessions.get_preferences(self.core, user_id))
+    async def get_preferences(self, user_id: str, *, touch: bool = False) -> dict[str, Any]:
+        return await self.run(sessions.get_preferences(self.core, user_id, touch))
 
     async def list_active_sessions(
         self, user_id: str | None = None, *, limit: int = 100, cursor: str | None = None
     ) -> SessionPage:
         return await self.run(sessions.list_active_sessions(self.core, user_id, limit, cursor))
+
+    async def list_users(
+        self, prefix: str = "", *, limit: int = 100, cursor: str | None = None
+    ) -> UserPage:
+        users, nxt = await self.run(sessions.list_users(self.core, prefix, limit, cursor))
+        return UserPage(users=users, next_cursor=nxt)
 
     async def iter_session_ids(self, user_id: str | None = None) -> AsyncIterator[str]:
         walk = sessions.session_walk(self.core, user_id)
@@ -189,10 +205,12 @@ class AsyncSessionManager(ManagerBase):
         ids: Sequence[str] | None = None,
         topics: Sequence[str] | None = None,
         create_for: str | None = None,
+        state: Mapping[str, Any] | None = None,
+        scope: Mapping[str, str] | None = None,
     ) -> list[Item]:
         return await self.run(
             history.append_items(
-                self.core, session_id, items, user_id, ids, topics, create_for
+                self.core, session_id, items, user_id, ids, topics, create_for, state, scope
             )
         )
 

@@ -31,6 +31,7 @@ from redsession.model.models import (
     SessionExport,
     SessionPage,
     StoreStats,
+    UserPage,
     utcnow,
 )
 from redsession.storage.commands import Op
@@ -99,9 +100,13 @@ class SessionManager(ManagerBase):
         *,
         context: Mapping[str, Any] | None = None,
         session_id: str | None = None,
+        state: Mapping[str, Any] | None = None,
+        scope: Mapping[str, str] | None = None,
     ) -> Session:
         """Create a session for ``user_id``; the id is generated unless ``session_id`` is given."""
-        return self.run(sessions.create_session(self.core, user_id, context, session_id))
+        return self.run(
+            sessions.create_session(self.core, user_id, context, session_id, state, scope)
+        )
 
     def create_or_resume_session(self, user_id: str, session_id: str | None = None) -> str:
         """``session_id`` if it is live and belongs to ``user_id``, else a new session's id."""
@@ -147,14 +152,21 @@ class SessionManager(ManagerBase):
         """Merge ``prefs`` into the user's preferences (None removes a key); returns them all."""
         return self.run(sessions.set_preferences(self.core, user_id, prefs))
 
-    def get_preferences(self, user_id: str) -> dict[str, Any]:
-        return self.run(sessions.get_preferences(self.core, user_id))
+    def get_preferences(self, user_id: str, *, touch: bool = False) -> dict[str, Any]:
+        return self.run(sessions.get_preferences(self.core, user_id, touch))
 
     def list_active_sessions(
         self, user_id: str | None = None, *, limit: int = 100, cursor: str | None = None
     ) -> SessionPage:
         """Summaries, newest activity first; pass ``next_cursor`` back for the next page."""
         return self.run(sessions.list_active_sessions(self.core, user_id, limit, cursor))
+
+    def list_users(
+        self, prefix: str = "", *, limit: int = 100, cursor: str | None = None
+    ) -> UserPage:
+        """Users with a live session whose id starts with ``prefix``, in name order."""
+        users, nxt = self.run(sessions.list_users(self.core, prefix, limit, cursor))
+        return UserPage(users=users, next_cursor=nxt)
 
     def iter_session_ids(self, user_id: str | None = None) -> Iterator[str]:
         """Every session id (of one user, or all), each once, oldest activity first.
@@ -228,6 +240,8 @@ class SessionManager(ManagerBase):
         ids: Sequence[str] | None = None,
         topics: Sequence[str] | None = None,
         create_for: str | None = None,
+        state: Mapping[str, Any] | None = None,
+        scope: Mapping[str, str] | None = None,
     ) -> list[Item]:
         """Append framework items (JSON objects, stored as given) in one round trip.
 
@@ -236,7 +250,7 @@ class SessionManager(ManagerBase):
         """
         return self.run(
             history.append_items(
-                self.core, session_id, items, user_id, ids, topics, create_for
+                self.core, session_id, items, user_id, ids, topics, create_for, state, scope
             )
         )
 

@@ -130,7 +130,10 @@ def _calls(sids: list[str]) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
     topics = st.one_of(st.none(), st.lists(weird_text, max_size=12), anything)
     fb = st.fixed_dictionaries
     return {
-        "create_session": fb({"user_id": uid}, optional={"context": obj, "session_id": maybe}),
+        "create_session": fb(
+            {"user_id": uid},
+            optional={"context": obj, "session_id": maybe, "state": obj, "scope": obj},
+        ),
         "create_or_resume_session": fb({"user_id": uid}, optional={"session_id": sid | maybe}),
         "resume_session": fb({"session_id": sid, "user_id": uid}, optional={"history": count}),
         "get_session": fb({"session_id": sid}, optional={"history": count, "user_id": opt_uid}),
@@ -158,6 +161,8 @@ def _calls(sids: list[str]) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
                 "ids": st.none() | st.lists(weird_text, max_size=3) | anything,
                 "topics": topics,
                 "create_for": st.none() | uid,
+                "state": st.none() | obj,
+                "scope": st.none() | obj,
             },
         ),
         "get_items": fb(
@@ -172,11 +177,17 @@ def _calls(sids: list[str]) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
         "clear_history": fb({"session_id": sid}, optional={"user_id": opt_uid}),
         "update_context": fb({"session_id": sid, "patch": obj}, optional={"user_id": opt_uid}),
         "set_preferences": fb({"user_id": uid, "prefs": obj}),
-        "get_preferences": fb({"user_id": uid}),
+        "get_preferences": fb({"user_id": uid}, optional={"touch": st.booleans()}),
         "list_active_sessions": fb(
             {}, optional={"user_id": opt_uid, "limit": count, "cursor": maybe | weird_text}
         ),
         "iter_session_ids": fb({}, optional={"user_id": opt_uid}),
+        "list_users": fb(
+            {},
+            optional={
+                "prefix": weird_text | anything, "limit": count, "cursor": maybe | weird_text
+            },
+        ),
         "iter_user_ids": fb({}),
         "export_session_data": fb({"session_id": sid}, optional={"user_id": opt_uid}),
         "export_session": fb({"session_id": sid}, optional={"user_id": opt_uid}),

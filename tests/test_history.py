@@ -308,6 +308,7 @@ def test_merge_interleaves_items_and_interactions_by_time(m: SessionManager) -> 
         m.append_items(a if n % 2 == 0 else b, [{"n": n}])
         t[0] += timedelta(seconds=1)
         m.log_interaction(b if n % 2 == 0 else a, user_message=str(n))
+    t[0] += timedelta(seconds=1)
     m.append_items(b, [{"dup": True}], ids=["same"])
     m.append_items(a, [{"primary's": True}], ids=["same"])
     merged = m.merge_sessions(a, b)
@@ -369,3 +370,40 @@ def test_items_are_encrypted_at_rest(url: str) -> None:
         _same(m.get_items(sid), [secret])
         m.rotate_keys()  # already current: nothing to do, and the item still reads
         _same(m.get_items(sid), [secret])
+
+
+def test_session_state_is_set_with_the_items_it_belongs_to(m: SessionManager) -> None:
+    s = m.create_session("alice", state={"step": 1, "cart": {"n": 2}}, scope={"app": "shop"})
+    assert (s.state, s.scope) == ({"step": 1, "cart": {"n": 2}}, {"app": "shop"})
+    m.append_items(s.session_id, [USER], state={"step": 2, "seen": None})
+    got = m.get_session(s.session_id)
+    assert got.state == {"step": 2, "cart": {"n": 2}, "seen": None}  # set key by key
+    assert got.scope == {"app": "shop"}
+    doc = m.export_session_data(s.session_id)
+    assert doc["session"]["state"] == got.state
+    _flush(m)
+    m.import_session_data(doc)
+    assert m.get_session(s.session_id).state == got.state
+    # A first write can create the session with its scope and state.
+    m.append_items("new-1", [USER], create_for="bob", scope={"app": "x"}, state={"a": 1})
+    assert (m.get_session("new-1").scope, m.get_session("new-1").state) == ({"app": "x"},
+                                                                             {"a": 1})  # fmt: skip
+    # A merge keeps the primary's value of a key both sides set.
+    p = m.create_session("carol", state={"k": "primary", "p": 1}).session_id
+    q = m.create_session("carol", state={"k": "secondary", "q": 2}).session_id
+    assert m.merge_sessions(p, q).state == {"k": "primary", "p": 1, "q": 2}
+
+
+def test_users_are_listed_by_name_prefix(m: SessionManager) -> None:
+    for uid in ("adk:shop:bob", "adk:shop:amy", "adk:shopping:zed", "adk:bank:eve", "plain"):
+        m.create_session(uid)
+    page = m.list_users("adk:shop:", limit=1)
+    assert page.users == ["adk:shop:amy"]
+    assert m.list_users("adk:shop:", limit=1, cursor=page.next_cursor).users == ["adk:shop:bob"]
+    assert m.list_users("adk:shop:", limit=5).users == ["adk:shop:amy", "adk:shop:bob"]
+    assert len(m.list_users().users) == 5
+    (only,) = [x.session_id for x in m.list_active_sessions("adk:shop:amy").sessions]
+    m.delete_session(only)  # amy's last session: she leaves the listing
+    assert m.list_users("adk:shop:").users == ["adk:shop:bob"]
+    with pytest.raises(InvalidInput):
+        m.list_users("bad prefix")

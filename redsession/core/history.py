@@ -13,9 +13,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from redsession.core.base import Core
+from redsession.core.sessions import checked_scope, checked_state
 from redsession.errors import ConcurrentModification, InvalidInput, PayloadTooLarge
 from redsession.model import validation as check
-from redsession.model.codec import encode_interaction, encode_item, record_time
+from redsession.model.codec import (
+    encode_interaction,
+    encode_item,
+    record_time,
+    scope_field,
+    state_fields,
+)
 from redsession.model.models import (
     Interaction,
     Item,
@@ -72,10 +79,12 @@ def log_interaction(
 
 def _append(
     core: Core, sid: str, owner: str | None, records: Sequence[bytes], topics: Sequence[str],
-    t: Stamp, create_for: str | None,
+    t: Stamp, create_for: str | None, scope: bytes = b"", state: Sequence[bytes | str] = (),
 ) -> Op[int]:  # fmt: skip
     limit = core.settings.max_topics
-    status, n = yield from core.store.append(sid, owner, records, topics, limit, t, create_for)
+    status, n = yield from core.store.append(
+        sid, owner, records, topics, limit, t, create_for, scope, state
+    )
     if status == "limit":
         raise PayloadTooLarge(f"session {sid!r} would exceed {limit} topics")
     return n
@@ -110,16 +119,20 @@ def _items(core: Core, items: object, at: datetime, ids: object) -> tuple[list[I
 def append_items(
     core: Core, session_id: str, items: Sequence[Mapping[str, Any]], user_id: str | None,
     ids: Sequence[str] | None, topics: Sequence[str] | None, create_for: str | None,
+    state: Mapping[str, Any] | None = None, scope: Mapping[str, str] | None = None,
 ) -> Op[list[Item]]:  # fmt: skip
-    """Append framework items in one script; ``create_for`` creates a missing session."""
+    """Append framework items and set session ``state`` keys with them, in one script;
+    ``create_for`` creates a missing session for that user, with ``scope``."""
     sid, owner = check.session_id(session_id), core.owner(user_id)
     create = None if create_for is None else check.user_id(create_for)
     tops = check.topics(topics, core.settings.max_topics)
+    fields = state_fields(checked_state(core, state), core.cipher)
+    sc = scope_field(checked_scope(core, scope))
     t = core.stamp()
     models, records = _items(core, items, from_us(t.now), ids)
-    if not records:
+    if not records and not fields:
         return []
-    yield from _append(core, sid, owner, records, tops, t, create)
+    yield from _append(core, sid, owner, records, tops, t, create, sc, fields)
     return models
 
 

@@ -10,7 +10,14 @@ import orjson
 from redsession.core.base import Core
 from redsession.errors import ConcurrentModification, InvalidInput, SessionNotFound
 from redsession.model import validation as check
-from redsession.model.codec import loads, record_from_hash, session_from_hash, summary_from_row
+from redsession.model.codec import (
+    loads,
+    record_from_hash,
+    scope_field,
+    session_from_hash,
+    state_fields,
+    summary_from_row,
+)
 from redsession.model.contexts import apply_patch
 from redsession.model.models import Session, SessionPage, from_us
 from redsession.storage.commands import Op
@@ -18,18 +25,40 @@ from redsession.storage.walk import IndexWalk
 
 
 def create_session(
-    core: Core, user_id: str, context: Mapping[str, Any] | None, session_id: str | None
-) -> Op[Session]:
+    core: Core, user_id: str, context: Mapping[str, Any] | None, session_id: str | None,
+    state: Mapping[str, Any] | None = None, scope: Mapping[str, str] | None = None,
+) -> Op[Session]:  # fmt: skip
     uid = check.user_id(user_id)
     sid = check.new_session_id() if session_id is None else check.session_id(session_id)
     ctx = {} if context is None else context
     data = core.cipher.seal(core.json(ctx, "context"))
+    st, sc = checked_state(core, state), checked_scope(core, scope)
     t = core.stamp()
-    yield from core.store.create(sid, uid, data, t.now, t)
+    fields = state_fields(st, core.cipher)
+    yield from core.store.create(sid, uid, data, t.now, t, scope_field(sc), fields)
     return Session(
         session_id=sid, user_id=uid, total_interactions=0, created_at=from_us(t.now),
         last_activity=from_us(t.now), expires_at=from_us(t.expires), context=dict(ctx),
+        state=st, scope=sc,
     )  # fmt: skip
+
+
+def checked_state(core: Core, state: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Session state to set: a JSON object within the context limits."""
+    if state is None:
+        return {}
+    core.json(state, "state")
+    return dict(state)
+
+
+def checked_scope(core: Core, scope: Mapping[str, str] | None) -> dict[str, str] | None:
+    """A framework's scope for a new session: an object of strings."""
+    if scope is None:
+        return None
+    core.json(scope, "scope")
+    if not all(isinstance(v, str) for v in scope.values()):
+        raise InvalidInput("scope values must be strings")
+    return dict(scope)
 
 
 def resume_session(core: Core, session_id: str, user_id: str, history: int | None) -> Op[Session]:
@@ -105,9 +134,10 @@ def set_preferences(core: Core, user_id: str, prefs: Mapping[str, Any]) -> Op[di
     return (yield from get_preferences(core, uid))
 
 
-def get_preferences(core: Core, user_id: str) -> Op[dict[str, Any]]:
+def get_preferences(core: Core, user_id: str, touch: bool = False) -> Op[dict[str, Any]]:
+    """The user's preferences; ``touch`` counts the read as activity (their TTL slides)."""
     uid = check.user_id(user_id)
-    raw = yield from core.store.get_prefs(uid)
+    raw = yield from core.store.get_prefs(uid, touch)
     return {k: loads(core.cipher.open(v, "a preference"), "preference") for k, v in raw.items()}
 
 
@@ -131,6 +161,22 @@ def list_active_sessions(
     ]
     more = len(ids) == limit
     return SessionPage(sessions=items, next_cursor=str(offset + limit) if more else None)
+
+
+def list_users(
+    core: Core, prefix: str, limit: int, cursor: str | None
+) -> Op[tuple[list[str], str | None]]:
+    """Users with a live session whose id starts with ``prefix``, in name order, a page at a
+    time: (ids, the cursor of the next page or None). O(log users + page)."""
+    if not isinstance(prefix, str) or (prefix and not check.USER_ID.fullmatch(prefix)):
+        raise InvalidInput(f"invalid user id prefix {check.show(prefix)}")
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
+        raise InvalidInput(f"limit must be an integer from 1 to 10000, not {check.show(limit)}")
+    after = None if cursor is None else check.user_id(cursor)
+    if after is not None and not after.startswith(prefix):
+        raise InvalidInput(f"invalid cursor {check.show(cursor)}: pass back a next_cursor")
+    users = yield from core.store.users_by_name(prefix, after, limit)
+    return users, users[-1] if len(users) == limit else None
 
 
 def session_walk(core: Core, user_id: str | None) -> IndexWalk:

@@ -18,6 +18,7 @@ from redsession.model.codec import (
     expires_from_hash,
     hash_fields,
     record_from_hash,
+    state_fields,
 )
 from redsession.model.contexts import overlay
 from redsession.model.models import (
@@ -111,6 +112,9 @@ def parse_export(core: Core, doc: object) -> SessionExport:
     for sid in rec.merged_from:
         check.session_id(sid)
     core.json(rec.context, "context")
+    core.json(rec.state, "state")
+    if rec.scope is not None:
+        core.json(rec.scope, "scope")
     check.topics(rec.topics, s.max_topics)
     if rec.total_interactions != len(parsed.history):
         raise InvalidInput(
@@ -197,8 +201,8 @@ def merge_sessions(
         t = core.stamp(activity=to_us(s_rec.last_activity))
         t = dataclasses.replace(t, expires=max(t.expires, to_us(s_doc.expires_at)))
         status = yield from core.store.merge_into(
-            p_id, owner, p.version, context, to_us(s_rec.created_at), sources, records,
-            s_rec.topics, t,
+            p_id, owner, p.version, context, to_us(s_rec.created_at), sources,
+            state_fields(s_rec.state, core.cipher), records, s_rec.topics, t,
         )  # fmt: skip
         if status == "legacy":
             yield from _upgrade(core, p_id, owner, t)

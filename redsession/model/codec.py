@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from redsession.errors import CorruptData
 from redsession.model.crypto import Cipher
@@ -21,6 +21,7 @@ from redsession.model.models import (
     from_us,
     to_us,
 )
+from redsession.model.validation import problems
 
 # -- history records ------------------------------------------------------------------------
 #
@@ -42,6 +43,7 @@ from redsession.model.models import (
 # validate the whole history in one pydantic call (in Rust), so the models are the one
 # definition of what a stored entry may hold.
 
+M = TypeVar("M", bound=BaseModel)
 TIME_BYTES = 27
 INTERACTION, ITEM = b"i", b"m"
 _HISTORY: TypeAdapter[list[Interaction | Item]] = TypeAdapter(list[Entry])
@@ -138,6 +140,12 @@ def _record_values(sid: str, h: dict[str, str], cipher: Cipher) -> dict[str, Any
             "topics": loads(h["topics"], "topics"),
             "version": int(h["version"]),
             "merged_from": loads(h["merged_from"], "merged_from"),
+            "state": {
+                k[len(STATE) :]: loads(cipher.open(v, "session state"), "session state")
+                for k, v in h.items()
+                if k.startswith(STATE)
+            },
+            "scope": loads(h["scope"], "scope") if "scope" in h else None,
         }
     except (KeyError, ValueError, OverflowError) as e:
         raise CorruptData(f"session {sid!r} in Redis is malformed: {e}") from e
@@ -157,7 +165,14 @@ def _str_list(value: object) -> bool:
 
 
 def record_from_hash(sid: str, h: dict[str, str], cipher: Cipher) -> SessionRecord:
-    return SessionRecord.model_validate(_record_values(sid, h, cipher))
+    return _validated(SessionRecord, sid, _record_values(sid, h, cipher))
+
+
+def _validated(cls: type[M], sid: str, values: dict[str, Any]) -> M:
+    try:
+        return cls.model_validate(values)
+    except ValidationError as e:
+        raise CorruptData(f"session {sid!r} in Redis is malformed: {problems(e)}") from e
 
 
 def expires_from_hash(sid: str, h: dict[str, str]) -> int:
@@ -173,13 +188,13 @@ def session_from_hash(
     values = _record_values(sid, h, cipher)
     values["expires_at"] = from_us(expires_from_hash(sid, h))
     values["history"] = history  # models already: pydantic takes them as they are
-    return Session.model_validate(values)
+    return _validated(Session, sid, values)
 
 
 def summary_from_row(sid: str, row: dict[str, str]) -> SessionSummary:
     """A listing's row: the SUMMARY_FIELDS of a session hash."""
     try:
-        return SessionSummary.model_validate({
+        return _validated(SessionSummary, sid, {
             "session_id": sid,
             "user_id": row["user_id"],
             "total_interactions": int(row["total_interactions"]),
@@ -191,9 +206,24 @@ def summary_from_row(sid: str, row: dict[str, str]) -> SessionSummary:
         raise CorruptData(f"session {sid!r} in Redis is malformed: {e}") from e
 
 
+STATE = "state:"  # session state keys are hash fields under this prefix
+
+
+def state_fields(state: dict[str, Any], cipher: Cipher) -> list[str | bytes]:
+    """Field/value arguments for session state (already checked to be JSON)."""
+    return [a for k, v in state.items() for a in (STATE + k, cipher.seal(orjson.dumps(v)))]
+
+
+def scope_field(scope: dict[str, str] | None) -> bytes:
+    return b"" if scope is None else orjson.dumps(scope)
+
+
 def hash_fields(rec: SessionRecord, expires_at_us: int, cipher: Cipher) -> list[str | bytes]:
     """The WRITE script's field/value arguments for a whole session."""
-    return [
+    extra: list[str | bytes] = state_fields(rec.state, cipher)
+    if rec.scope is not None:
+        extra += ["scope", scope_field(rec.scope)]
+    return [*extra,
         "user_id", rec.user_id,
         "created_at", str(to_us(rec.created_at)),
         "last_activity", str(to_us(rec.last_activity)),

@@ -124,6 +124,8 @@ class Session(SessionSummary):
     topics: list[str] = Field(default_factory=list)
     version: int = 0
     merged_from: list[str] = Field(default_factory=list)
+    state: dict[str, Any] = Field(default_factory=dict)
+    scope: dict[str, str] | None = None
     history: list[Entry] = Field(default_factory=list)
 
     @property
@@ -144,6 +146,11 @@ class SessionRecord(_Model):
     topics: list[str] = Field(default_factory=list)
     version: int = Field(default=0, ge=0)
     merged_from: list[str] = Field(default_factory=list)
+    # A framework's state, key by key (ADK's session state); set with the history it
+    # belongs to, in the same script.
+    state: dict[str, Any] = Field(default_factory=dict)
+    # The scope a framework gave the session (ADK's app, user and id), so an export keeps it.
+    scope: dict[str, str] | None = None
 
 
 class SessionExport(_Model):
@@ -183,6 +190,13 @@ class SessionPage(_Model):
     """One page of a listing; pass ``next_cursor`` back to get the next page."""
 
     sessions: list[SessionSummary]
+    next_cursor: str | None = None
+
+
+class UserPage(_Model):
+    """One page of users in name order; pass ``next_cursor`` back to get the next page."""
+
+    users: list[str]
     next_cursor: str | None = None
 
 

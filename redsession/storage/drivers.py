@@ -7,6 +7,8 @@ driver runs it to completion on a redis-py client, sync or asyncio, standalone o
 from __future__ import annotations
 
 import asyncio
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -17,6 +19,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from redsession.errors import CorruptData, StorageError, StorageUnavailable
 from redsession.storage.commands import Arg, Cmd, Eval, OnEachPrimary, Op, Reply, Scan, T
+
+AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
 
 
 def _error(e: RedisError | UnicodeDecodeError) -> StorageError | CorruptData:
@@ -92,57 +96,93 @@ class SyncDriver:
 
 
 class AsyncDriver:
-    """Runs store operations on a redis.asyncio client; never blocks the event loop."""
+    """Runs store operations on a redis.asyncio client; never blocks the event loop.
 
-    def __init__(self, client: redis.asyncio.Redis | redis.asyncio.RedisCluster) -> None:
+    A redis.asyncio client belongs to the event loop that first used it. Given a ``factory``,
+    the driver keeps one client per running loop (``Runner.run_sync`` of an agent framework,
+    a thread with its own loop): the first loop gets ``client``, each other loop one made by
+    ``factory``, dropped with its loop. Without one, every call uses ``client``.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        factory: Callable[[], AsyncClient] | None = None,
+    ) -> None:
         self.client = client
+        self._factory = factory
+        self._home: asyncio.AbstractEventLoop | None = None
+        self._others: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def client_for_loop(self) -> AsyncClient:
+        """The client of the running event loop."""
+        if self._factory is None:
+            return self.client
+        loop = asyncio.get_running_loop()
+        if self._home is None or self._home is loop:
+            self._home = loop
+            return self.client
+        if self._home.is_closed():  # its loop is gone, and its connections with it
+            self.client, self._home = self._factory(), loop
+            return self.client
+        other = self._others.get(loop)
+        if other is None:
+            other = self._others[loop] = self._factory()
+        return other
+
+    async def close(self) -> None:
+        """Close the running loop's client (another loop's cannot be closed from here)."""
+        await self.client_for_loop().aclose()
 
     async def run(self, op: Op[T]) -> T:
+        client = self.client_for_loop()
         try:
             cmd = next(op)
             while True:
-                cmd = op.send(await self._execute(cmd))
+                cmd = op.send(await self._execute(client, cmd))
         except StopIteration as stop:
             result: T = stop.value
             return result
         except (RedisError, UnicodeDecodeError) as e:
             raise _error(e) from e
 
-    async def _execute(self, cmd: Cmd) -> Reply:
+    async def _execute(self, client: AsyncClient, cmd: Cmd) -> Reply:
         if isinstance(cmd, Scan):
-            return await self._scan(cmd)
+            return await self._scan(client, cmd)
         if isinstance(cmd, Eval):
             try:
-                return await self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+                return await client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
             except NoScriptError:
-                await self.client.script_load(cmd.script.source)
-                return await self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+                await client.script_load(cmd.script.source)
+                return await client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
         if isinstance(cmd, OnEachPrimary):
-            if isinstance(self.client, redis.asyncio.RedisCluster):
-                nodes = self.client.get_primaries()
+            if isinstance(client, redis.asyncio.RedisCluster):
+                nodes = client.get_primaries()
                 return await asyncio.gather(*(n.execute_command(*cmd.command) for n in nodes))
-            return [await self.client.execute_command(*cmd.command)]  # type: ignore[no-untyped-call]
+            return [await client.execute_command(*cmd.command)]  # type: ignore[no-untyped-call]
         if len(cmd.commands) == 1:
-            return [await self.client.execute_command(*cmd.commands[0])]
-        pipe = self.client.pipeline(transaction=False)
+            return [await client.execute_command(*cmd.commands[0])]
+        pipe = client.pipeline(transaction=False)
         for c in cmd.commands:
             pipe.execute_command(*c)
         return await pipe.execute()
 
-    async def _scan(self, cmd: Scan) -> Reply:
+    async def _scan(self, client: AsyncClient, cmd: Scan) -> Reply:
         kw: dict[str, Any] = {"match": cmd.match, "count": cmd.count, "_type": cmd.type}
-        if not isinstance(self.client, redis.asyncio.RedisCluster):
-            cur, keys = await self.client.scan(cmd.cursor or 0, **kw)
+        if not isinstance(client, redis.asyncio.RedisCluster):
+            cur, keys = await client.scan(cmd.cursor or 0, **kw)
             return cur or None, keys
         # redis-py types scan() for one server; on a cluster cursors come per node.
         reply: Any
         if cmd.cursor is None:
-            reply = await self.client.scan(**kw)  # cursor 0 on every primary at once
+            reply = await client.scan(**kw)  # cursor 0 on every primary at once
             cursors, keys = reply
         else:
             name, cur = next(iter(cmd.cursor.items()))
-            node = self.client.get_node(node_name=name)
-            reply = await self.client.scan(cur, target_nodes=node, **kw)
+            node = client.get_node(node_name=name)
+            reply = await client.scan(cur, target_nodes=node, **kw)
             cursors, keys = {**cmd.cursor, **reply[0]}, reply[1]
         return _next_cursors(cursors), keys
 

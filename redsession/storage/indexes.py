@@ -35,8 +35,8 @@ from redsession.storage.keys import Keys, expiry_member
 
 log = logging.getLogger(__name__)
 
-# The global indexes, in the order session scripts receive them as KEYS[4..7].
-GLOBAL = ("sessions", "users", "expiry", "dirty")
+# The global indexes, in the order session scripts receive them as KEYS[4..8].
+GLOBAL = ("sessions", "users", "expiry", "dirty", "users_by_name")
 
 # KEYS[1] a ZSET; ARGV pairs of member, score.
 # Removes each member only while its score is still the one given: a change that raced
@@ -74,11 +74,16 @@ ENTRIES = (
     Write("ZADD", "sessions", ("activity", "sid")),
     Write("ZADD", "users", ("GT", "activity", "uid")),
     Write("ZADD", "expiry", ("expires", "sid:uid")),
+    Write("ZADD", "users_by_name", ("zero", "uid")),
 )
-# Every write to a live session: its entries, its dirty mark (for the dump), and its owner's
-# preferences kept alive for preferences_ttl after their last activity.
+# What a write that creates a session adds to LIVE: the owner in name order, which no later
+# write can change (so appends do not pay for it).
+CREATED = (Write("ZADD", "users_by_name", ("zero", "uid")),)
+# Every write to a live session: its entries (but the name order, set at creation), its
+# dirty mark (for the dump), and its owner's preferences kept alive for preferences_ttl after
+# their last activity.
 LIVE = (
-    *ENTRIES,
+    *(w for w in ENTRIES if w not in CREATED),
     Write("ZADD", "dirty", ("now", "sid")),
     Write("PEXPIRE", "user_prefs", ("prefs_ttl",)),
 )
@@ -113,6 +118,7 @@ _LUA = {
     "uid": "uid",
     "sid:uid": "SID .. ':' .. uid",
     "GT": "'GT'",
+    "zero": "0",
 }
 
 
@@ -122,16 +128,20 @@ def _lua_call(w: Write) -> str:
 
 
 def lua_functions() -> str:
-    """``index(uid)`` and ``unindex(uid)`` for the session scripts' prelude.
+    """``index(uid, created)`` and ``unindex(uid)`` for the session scripts' prelude.
 
     Both do nothing when HEAD is '' (a cluster: the caller runs the pipelined form).
     """
     index = "\n".join(_lua_call(w) for w in LIVE)
+    created = "\n".join(_lua_call(w) for w in CREATED)
     unindex = "\n".join(_lua_call(w) for w in GONE)
     return f"""
-local function index(uid)
+local function index(uid, created)
   if HEAD == '' then return end
 {index}
+  if created then
+{created}
+  end
 end
 
 local function unindex(uid)
@@ -139,6 +149,7 @@ local function unindex(uid)
 {unindex}
   if redis.call('EXISTS', {_LUA['user_sessions']}) == 0 then
     redis.call('ZREM', {_LUA['users']}, uid)
+    redis.call('ZREM', {_LUA['users_by_name']}, uid)
   end
 end
 """
@@ -169,6 +180,7 @@ def _command(keys: Keys, w: Write, r: Row) -> tuple[Arg, ...]:
     values: dict[str, Arg] = {
         "activity": r.activity, "expires": r.expires, "now": r.now, "prefs_ttl": r.prefs_ttl,
         "sid": r.sid, "uid": r.uid, "sid:uid": expiry_member(r.sid, r.uid), "GT": "GT",
+        "zero": 0,
     }  # fmt: skip
     return (w.command, key, *(values[o] for o in w.operands))
 
@@ -179,9 +191,9 @@ def commands(
     return tuple(_command(keys, w, r) for r in rows for w in writes)
 
 
-def live(keys: Keys, row: Row) -> Op[None]:
-    """LIVE for one session, as the second step on a cluster."""
-    yield Batch(commands(keys, LIVE, (row,)))
+def live(keys: Keys, row: Row, created: bool = False) -> Op[None]:
+    """LIVE (and CREATED, for a new session) for one session: the cluster's second step."""
+    yield Batch(commands(keys, (*LIVE, *CREATED) if created else LIVE, (row,)))
 
 
 def gone(keys: Keys, rows: Sequence[Row], writes: Sequence[Write] = GONE) -> Op[None]:
@@ -204,7 +216,10 @@ def drop_empty_users(keys: Keys, uids: Sequence[str]) -> Op[int]:
         for u, size, score in zip(uids, replies[::2], replies[1::2])
         if int(size) == 0 and score is not None
     ]
-    return len((yield from remove_if_score(keys.users, empty)))
+    gone = yield from remove_if_score(keys.users, empty)
+    if gone:
+        yield Batch((("ZREM", keys.users_by_name, *gone),))
+    return len(gone)
 
 
 # -- reading index members -----------------------------------------------------------------

@@ -101,8 +101,10 @@ class Keys:
         """ZSET session id -> time of its last change (µs), for the incremental dump."""
         return f"{self.prefix}:dirty"
 
-    def index_keys(self) -> tuple[str, str, str, str]:
-        return self.sessions, self.users, self.expiry, self.dirty
+    @property
+    def users_by_name(self) -> str:
+        """ZSET user id -> 0: users in name order, for listing by prefix (ZRANGEBYLEX)."""
+        return f"{self.prefix}:users:by-name"
 
     # The worker.
     @property

@@ -88,6 +88,12 @@ local function push(from, to)
   return n
 end
 
+-- Writes the scope ARGV[at] (unless '') and the state field/value pairs ARGV[from..to].
+local function fields(at, from, to)
+  if ARGV[at] ~= '' then redis.call('HSET', HASH, 'scope', ARGV[at]) end
+  if to >= from then redis.call('HSET', HASH, unpack(ARGV, from, to)) end
+end
+
 -- Adds ARGV[from..#ARGV] to the session's topics (first seen first); false past ``limit``.
 local function add_topics(from, limit)
   if #ARGV < from then return true end
@@ -107,7 +113,7 @@ local function add_topics(from, limit)
   return true
 end
 """
-PRELUDE += lua_functions()  # index(uid) and unindex(uid): the rule of indexes.py
+PRELUDE += lua_functions()  # index(uid, created), unindex(uid): the rule of indexes.py
 
 
 def _session(name: str, body: str) -> Script:
@@ -121,14 +127,16 @@ def _new_hash(uid: str, context: str, created: str) -> str:
   'context', {context}, 'topics', '[]', 'version', 0, 'merged_from', '[]')"""
 
 
-# ARGV[11] user id, ARGV[12] context JSON, ARGV[13] created_at (µs).
+# ARGV[11] user id, ARGV[12] context JSON, ARGV[13] created_at (µs), ARGV[14] scope (JSON,
+# '' = none), ARGV[15..] session state fields and values ("state:<key>", JSON).
 CREATE = _session(
     "create",
     f"""
 if redis.call('EXISTS', HASH, TOMB) > 0 then return {{'exists'}} end
 {_new_hash("ARGV[11]", "ARGV[12]", "ARGV[13]")}
+fields(14, 15, #ARGV)
 expire()
-index(ARGV[11])
+index(ARGV[11], true)
 return {{'ok'}}
 """,
 )
@@ -213,27 +221,33 @@ return {'ok', uid, out}
 
 # ARGV[11] max topics per session, ARGV[12] k, the number of records that follow,
 # ARGV[13..12+k] the records, oldest first; ARGV[13+k] the user to create the session for
-# when it does not exist ('' = do not create: 'missing'); ARGV[14+k..] topics to add.
-# O(k) in the records appended, whatever the history length; O(topics) for the topic union.
-# Reply: {'ok', owner, new length} or {'limit', topic count}.
+# when it does not exist ('' = do not create: 'missing'), ARGV[14+k] its scope (JSON, or '');
+# ARGV[15+k] m, then m arguments: session state fields and values ("state:<key>", JSON) to
+# set with the records; ARGV[16+k+m..] topics to add. O(k + m) whatever the history length;
+# O(topics) for the topic union. Reply: {'ok', owner, new length, 1 if it created the
+# session else 0} or {'limit', topic count}.
 APPEND = _session(
     "append",
     f"""
 local k = tonumber(ARGV[12])
 local create = ARGV[13 + k]
+local m = tonumber(ARGV[15 + k])
 local uid, err = owner(true)
+local created = false
 if not uid then
   if create == '' or err[1] ~= 'missing' or redis.call('EXISTS', TOMB) == 1 then return err end
   if OWNER ~= '' and OWNER ~= create then return err end
-  uid = create
+  uid, created = create, true
   {_new_hash("uid", "'{}'", "NOW")}
+  fields(14 + k, 1, 0)
 end
-local ok, count = add_topics(14 + k, tonumber(ARGV[11]))
+local ok, count = add_topics(16 + k + m, tonumber(ARGV[11]))
 if not ok then return {{'limit', count}} end
+if m > 0 then redis.call('HSET', HASH, unpack(ARGV, 16 + k, 15 + k + m)) end
 local n = push(13, 12 + k)
 touch(uid, n)
-index(uid)
-return {{'ok', uid, n}}
+index(uid, created)
+return {{'ok', uid, n, created and 1 or 0}}
 """,
 )
 
@@ -340,8 +354,9 @@ return {'ok', uid}
 # wins), in one step, so that appends to the primary racing with the merge are kept.
 # ARGV[11] the primary's version the caller read (its context was merged from that one),
 # ARGV[12] the merged context ('' = unchanged), ARGV[13] the secondary's created_at (µs),
-# ARGV[14] merged_from (JSON; '' = unchanged), ARGV[15] k, ARGV[16..15+k] the secondary's
-# records, ARGV[16+k..] its topics. EXP_US/EXP_MS and ACTIVE carry the secondary's expiry and
+# ARGV[14] merged_from (JSON; '' = unchanged), ARGV[15] m, ARGV[16..15+m] the secondary's
+# state fields and values (set where the primary has none), ARGV[16+m] k, then the
+# secondary's k records, then its topics. EXP_US/EXP_MS and ACTIVE carry the secondary's expiry and
 # last activity: the later wins. The version moves only when the context or merged_from do,
 # so a re-run after a crash changes nothing that the first run did.
 # Reply: {'ok', version, length}; {'conflict'} if the version changed since ARGV[11];
@@ -352,8 +367,10 @@ MERGE_INTO = _session(
 local uid, err = owner(true)
 if not uid then return err end
 if redis.call('HGET', HASH, 'version') ~= ARGV[11] then return {'conflict'} end
-local k = tonumber(ARGV[15])
-local seen, all, added = {}, {}, 0
+local m = tonumber(ARGV[15])
+local k = tonumber(ARGV[16 + m])
+local r0 = 17 + m  -- the first record
+local seen, all = {}, {}
 local function add(rec)
   local key = string.match(rec, '^(%d%S* %S+) ')
   if not key then return false end
@@ -368,7 +385,7 @@ end
 for _, rec in ipairs(redis.call('LRANGE', LOG, 0, -1)) do
   if add(rec) == false then return {'legacy'} end
 end
-for i = 16, 15 + k do add(ARGV[i]) end
+for i = r0, r0 + k - 1 do add(ARGV[i]) end
 for i, e in ipairs(all) do e[3] = i end
 -- "TIME ID" compares as (time, id): TIME is fixed width
 table.sort(all, function(a, b) return a[1] < b[1] end)
@@ -388,7 +405,8 @@ if tonumber(ARGV[13]) < tonumber(cur[1]) then redis.call('HSET', HASH, 'created_
 ACTIVE = later(cur[2], ACTIVE)
 EXP_US = later(cur[3], EXP_US)
 EXP_MS = string.format('%.0f', math.floor(tonumber(EXP_US) / 1000))
-add_topics(16 + k, nil)
+add_topics(r0 + k, nil)
+for i = 16, 15 + m, 2 do redis.call('HSETNX', HASH, ARGV[i], ARGV[i + 1]) end
 local v = tonumber(cur[4])
 if ARGV[12] ~= '' or ARGV[14] ~= '' then v = redis.call('HINCRBY', HASH, 'version', 1) end
 if ARGV[12] ~= '' then redis.call('HSET', HASH, 'context', ARGV[12]) end
@@ -445,7 +463,7 @@ redis.call('DEL', HASH, LOG, TOMB)
 redis.call('HSET', HASH, unpack(ARGV, 15, 14 + k))
 push(15 + k, #ARGV)
 expire()
-index(uid)
+index(uid, true)
 return {'ok', old or ''}
 """,
 )

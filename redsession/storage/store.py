@@ -96,9 +96,13 @@ class Store:
             raise SessionNotFound(sid)
         return [status, *reply[1:]]
 
-    def create(self, sid: str, uid: str, context: bytes, created: int, t: Stamp) -> Op[None]:
-        yield from self._run(scripts.CREATE, sid, None, t, uid, context, created)
-        yield from self._index(sid, uid, t)
+    def create(
+        self, sid: str, uid: str, context: bytes, created: int, t: Stamp,
+        scope: bytes = b"", state: Sequence[bytes | str] = (),
+    ) -> Op[None]:  # fmt: skip
+        """A new session; ``state`` is field/value pairs ("state:<key>", sealed JSON)."""
+        yield from self._run(scripts.CREATE, sid, None, t, uid, context, created, scope, *state)
+        yield from self._index(sid, uid, t, created=True)
 
     def fetch(
         self, sid: str, owner: str | None, t: Stamp, *, touch: bool, history: int
@@ -138,20 +142,22 @@ class Store:
 
     def append(
         self, sid: str, owner: str | None, records: Sequence[bytes], topics: Sequence[str],
-        max_topics: int, t: Stamp, create_for: str | None = None,
+        max_topics: int, t: Stamp, create_for: str | None = None, scope: bytes = b"",
+        state: Sequence[bytes | str] = (),
     ) -> Op[tuple[str, int]]:  # fmt: skip
-        """Append records; returns (status, log length). Status 'limit': too many topics.
+        """Append records (and set ``state`` fields with them); returns (status, log length).
+        Status 'limit': too many topics.
 
-        ``create_for``: create the session for that user when it does not exist (it never
-        resurrects a deleted or merged one).
+        ``create_for``: create the session for that user (with ``scope``) when it does not
+        exist; it never resurrects a deleted or merged one.
         """
         reply = yield from self._run(
             scripts.APPEND, sid, owner, t, max_topics, len(records), *records,
-            create_for or "", *topics,
+            create_for or "", scope, len(state), *state, *topics,
         )  # fmt: skip
         if reply[0] == "limit":
             return "limit", int(reply[1])
-        yield from self._index(sid, text(reply[1]), t)
+        yield from self._index(sid, text(reply[1]), t, created=bool(int(reply[3])))
         return "ok", int(reply[2])
 
     def pop(
@@ -209,13 +215,14 @@ class Store:
 
     def merge_into(
         self, sid: str, owner: str | None, version: int, context: bytes, created: int,
-        merged_from: bytes, records: Sequence[bytes], topics: Sequence[str], t: Stamp,
+        merged_from: bytes, state: Sequence[bytes | str], records: Sequence[bytes],
+        topics: Sequence[str], t: Stamp,
     ) -> Op[str]:  # fmt: skip
         """Fold a fenced session's records into ``sid`` (see scripts.MERGE_INTO): 'ok',
         'conflict' (its context changed since ``version``) or 'legacy'."""
         reply = yield from self._run(
             scripts.MERGE_INTO, sid, owner, t, version, context, created, merged_from,
-            len(records), *records, *topics,
+            len(state), *state, len(records), *records, *topics,
         )  # fmt: skip
         if reply[0] == "ok" and self.cluster:
             h = yield from self.summaries([sid])  # the index step needs the times it kept
@@ -247,15 +254,15 @@ class Store:
         old = text(reply[1])
         if old and old != uid:
             yield from self._unindex(sid, old, t)
-        yield from self._index(sid, uid, t)
+        yield from self._index(sid, uid, t, created=True)
         return True
 
     # -- the cross-slot index step on a cluster (single servers do it inside the script) --
 
-    def _index(self, sid: str, uid: str, t: Stamp) -> Op[None]:
+    def _index(self, sid: str, uid: str, t: Stamp, created: bool = False) -> Op[None]:
         if self.cluster:
             row = indexes.Row(sid, uid, t.activity, t.expires, t.now, self._prefs_ms)
-            yield from indexes.live(self.keys, row)
+            yield from indexes.live(self.keys, row, created)
 
     def _unindex(self, sid: str, uid: str, t: Stamp) -> Op[None]:
         if self.cluster:
@@ -329,9 +336,22 @@ class Store:
         cmds.append(("PEXPIRE", key, self._prefs_ms))
         yield Batch(tuple(cmds))
 
-    def get_prefs(self, uid: str) -> Op[dict[str, str]]:
-        (h,) = yield Batch((("HGETALL", self.keys.user_prefs(uid)),))
+    def get_prefs(self, uid: str, touch: bool = False) -> Op[dict[str, str]]:
+        """The user's preferences; ``touch`` counts the read as activity (their TTL slides)."""
+        key = self.keys.user_prefs(uid)
+        if not touch:
+            (h,) = yield Batch((("HGETALL", key),))
+        else:
+            h, _ = yield Batch((("HGETALL", key), ("PEXPIRE", key, self._prefs_ms)))
         return hash_reply(h)
+
+    def users_by_name(self, prefix: str, after: str | None, count: int) -> Op[list[str]]:
+        """Up to ``count`` user ids starting with ``prefix``, in name order, after ``after``."""
+        lo = f"({after}" if after is not None else f"[{prefix}"
+        hi = f"[{prefix}\xff" if prefix else "+"  # no user id holds \xff: it ends the prefix
+        key = self.keys.users_by_name
+        (raw,) = yield Batch((("ZRANGE", key, lo, hi, "BYLEX", "LIMIT", 0, count),))
+        return [m for m in (yield from members(key, raw)) if m is not None]
 
     # -- stats ---------------------------------------------------------------------------
 
