@@ -19,6 +19,9 @@ import orjson
 import redis
 import redis.asyncio
 from redis._parsers import _AsyncRESP2Parser, _RESP2Parser
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from bench import data
 from redsession import AsyncSessionManager, SessionManager
@@ -305,11 +308,32 @@ def _export_result(reply: Any) -> dict[str, Any]:
 
 
 class Raw(Impl):
-    name = "raw redis-py (limit)"
+    """The baseline: a hand-rolled store whose client is built as redsession builds its own
+    (a blocking pool, socket and connect timeouts, no retries): a careful team sets those."""
+
+    name = "hand-rolled (limit)"
+
+    def _sync_client(self, url: str) -> redis.Redis:
+        s = Settings()
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=s.max_connections, timeout=s.socket_timeout,
+            socket_timeout=s.socket_timeout, socket_connect_timeout=s.connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )  # fmt: skip
+        return redis.Redis.from_pool(pool)
+
+    def _async_client(self, url: str) -> redis.asyncio.Redis:
+        s = Settings()
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url, max_connections=s.max_connections, timeout=s.socket_timeout,
+            socket_timeout=s.socket_timeout, socket_connect_timeout=s.connect_timeout,
+            retry=AsyncRetry(NoBackoff(), 0),
+        )  # fmt: skip
+        return redis.asyncio.Redis.from_pool(pool)
 
     def sync(self, ds: Dataset) -> dict[str, SyncFn]:
         c = _RawCommon(ds)
-        r = redis.Redis.from_url(ds.url)
+        r = self._sync_client(ds.url)
         for src in _SCRIPTS.values():
             r.script_load(src)
         log, read, exp, users = ds.log, ds.read, ds.export, ds.users
@@ -331,7 +355,7 @@ class Raw(Impl):
 
     async def aio(self, ds: Dataset) -> tuple[dict[str, AsyncFn], Callable[[], Awaitable[None]]]:
         c = _RawCommon(ds)
-        r = redis.asyncio.Redis.from_url(ds.url)
+        r = self._async_client(ds.url)
         for src in _SCRIPTS.values():
             await r.script_load(src)
         log, read, exp, users = ds.log, ds.read, ds.export, ds.users
@@ -356,3 +380,16 @@ class Raw(Impl):
             "list_active_sessions": list_active, "export": export,
         }  # fmt: skip
         return fns, close
+
+
+class RawPlain(Raw):
+    """The same store on redis-py's default client: what those settings cost."""
+
+    name = "hand-rolled, plain client"
+    ops = ("log_interaction", "resume")
+
+    def _sync_client(self, url: str) -> redis.Redis:
+        return redis.Redis.from_url(url)
+
+    def _async_client(self, url: str) -> redis.asyncio.Redis:
+        return redis.asyncio.Redis.from_url(url)

@@ -12,7 +12,7 @@ import redis
 
 from bench import data
 from bench.harness import Budget, Figure, Processes, Run, process_loop, time_async, time_sync
-from bench.ops import OPS, Dataset, Impl, Raw, Redsession, RedsessionNoHiredis, SyncFn
+from bench.ops import OPS, Dataset, Impl, Raw, RawPlain, Redsession, RedsessionNoHiredis, SyncFn
 from bench.peers import peers
 from redsession import SessionManager
 from redsession.config import Settings
@@ -23,7 +23,7 @@ SESSIONS_PER_USER = 5
 
 
 def impl_classes() -> list[type[Impl]]:
-    return [Redsession, Raw, RedsessionNoHiredis, *peers()]
+    return [Redsession, Raw, RawPlain, RedsessionNoHiredis, *peers()]
 
 
 @dataclass

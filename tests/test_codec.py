@@ -86,13 +86,16 @@ def test_records_read_back_equal(entries: list[Interaction | Item], sealed: bool
             assert orjson.dumps(got.item) == orjson.dumps(want.item)
 
 
-def test_a_record_is_time_id_kind_body_and_times_sort_as_bytes() -> None:
+def test_a_record_is_its_entrys_json_with_a_fixed_layout_and_times_sort_as_bytes() -> None:
     i = Interaction(id="i1", timestamp=T0, user_message="hi")
     rec = encode_interaction(i, PLAIN)
-    assert rec.startswith(b"2030-01-01T00:00:00.000000Z i1 i {")
+    assert rec.startswith(b'{"timestamp":"2030-01-01T00:00:00.000000Z","id":"i1",')
+    assert Interaction.model_validate_json(rec) == i  # the record is the entry
     item = encode_item("m1", T0, b'{"b":1,"a":2.50}', SEALED)
-    assert item.startswith(b"2030-01-01T00:00:00.000000Z m1 m gAAAAA")
-    assert SEALED.open(sealed_body(item)) == b'{"b":1,"a":2.50}'
+    assert item.startswith(b'{"timestamp":"2030-01-01T00:00:00.000000Z","id":"m1",'
+                           b'"kind":"item","sealed":"gAAAAA')  # fmt: skip
+    assert SEALED.open(sealed_body(item)) == b'"item":{"b":1,"a":2.50}'
+    assert b"2.50" not in item
     times = [T0 - timedelta(days=400 * n, microseconds=n) for n in range(-5, 6)]
     assert sorted(record_time(t) for t in times) == [record_time(t) for t in sorted(times)]
     assert {len(record_time(t)) for t in times} == {27}
@@ -100,17 +103,19 @@ def test_a_record_is_time_id_kind_body_and_times_sort_as_bytes() -> None:
     assert record_time(zoned) == record_time(T0)
 
 
-def test_records_written_before_headers_are_still_read() -> None:
+def test_records_written_before_the_layout_are_still_read() -> None:
     old = {"id": "i1", "timestamp": "2030-01-01T02:00:00+02:00", "user_message": "hi",
            "assistant_response": None, "metadata": {"m": 1}, "topics": ["t"]}  # fmt: skip
+    new = encode_interaction(Interaction(id="i2", timestamp=T0, user_message="x"), PLAIN)
     for cipher in (PLAIN, SEALED):
-        (got,) = decode_history([cipher.seal(orjson.dumps(old))], cipher)
-        assert got == Interaction.model_validate(old)
-        assert got.timestamp == T0
+        got = decode_history([cipher.seal(orjson.dumps(old)), new], cipher)
+        assert got[0] == Interaction.model_validate(old)
+        assert got[0].timestamp == T0
+        assert got[1].id == "i2"
 
 
-def _rec(body: bytes, kind: bytes = b"i") -> bytes:
-    return b"2030-01-01T00:00:00.000000Z i1 " + kind + b" " + body
+def _rec(rest: bytes, kind: bytes = b"interaction") -> bytes:
+    return b'{"timestamp":"2030-01-01T00:00:00.000000Z","id":"i1","kind":"' + kind + b'"' + rest
 
 
 @pytest.mark.parametrize(
@@ -119,17 +124,18 @@ def _rec(body: bytes, kind: bytes = b"i") -> bytes:
         b"not json",
         b"[1, 2]",
         b"",
-        b"2030-01-01T00:00:00.000000Z",  # a header and nothing else
-        _rec(b"{}"),
-        _rec(b'{"user_message": 5}'),
-        _rec(b'{"user_message": "x", "assistant_response": 7}'),
-        _rec(b'{"user_message": "x", "metadata": [1]}'),
-        _rec(b'{"user_message": "x", "topics": "billing"}'),
-        _rec(b'{"user_message": "x", "extra": 1}'),
-        _rec(b'{"user_message": "x"}', kind=b"z"),  # an unknown kind
-        _rec(b"[1]", kind=b"m"),  # an item must be an object
-        _rec(b'{"a": 1}, {"b": 2}', kind=b"m"),
-        b"yesterday i1 i {}",
+        b'{"timestamp":"2030-01-01T00:00:00.000000Z"',  # a layout and nothing else
+        _rec(b"}"),
+        _rec(b',"user_message": 5}'),
+        _rec(b',"user_message": "x", "assistant_response": 7}'),
+        _rec(b',"user_message": "x", "metadata": [1]}'),
+        _rec(b',"user_message": "x", "topics": "billing"}'),
+        _rec(b',"user_message": "x", "extra": 1}'),
+        _rec(b',"user_message": "x"}', kind=b"zebra"),  # an unknown kind
+        _rec(b',"item": [1]}', kind=b"item"),  # an item must be an object
+        _rec(b',"item": {"a": 1}}, {"b": 2}', kind=b"item"),
+        _rec(b',"sealed":"not a token"}', kind=b"item"),
+        b'{"timestamp":"yesterday","id":"i1","kind":"interaction","user_message":"x"}',
         orjson.dumps({"id": "i1", "timestamp": "2030-01-01T00:00:00", "user_message": "x"}),
     ],
 )
@@ -154,8 +160,9 @@ HASH = {
 
 
 def test_session_from_hash_equals_the_validated_model() -> None:
-    history = decode_history([_rec(b'{"user_message": "hi"}')], PLAIN)
-    got = session_from_hash("s1", dict(HASH), history, PLAIN)
+    records = [_rec(b',"user_message": "hi"}')]
+    history = decode_history(records, PLAIN)
+    got = session_from_hash("s1", dict(HASH), records, PLAIN)
     want = Session(
         session_id="s1", user_id="u1", total_interactions=2, created_at=T0, last_activity=T0,
         expires_at=T0 + timedelta(days=7), context={"a": [1, {"b": None}]}, topics=["x"],

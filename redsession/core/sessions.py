@@ -91,7 +91,7 @@ def get_session(
 
 def _fetch(core: Core, sid: str, owner: str | None, *, touch: bool, history: int) -> Op[Session]:
     h, raw = yield from core.store.fetch(sid, owner, core.stamp(), touch=touch, history=history)
-    return session_from_hash(sid, h, core.decode(raw), core.cipher)
+    return session_from_hash(sid, h, raw, core.cipher)
 
 
 def delete_session(core: Core, session_id: str, user_id: str | None) -> Op[None]:

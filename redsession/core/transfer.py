@@ -15,9 +15,8 @@ from redsession.errors import ConcurrentModification, InvalidInput, PermissionDe
 from redsession.model import validation as check
 from redsession.model.codec import (
     encode_entry,
-    expires_from_hash,
+    export_from_hash,
     hash_fields,
-    record_from_hash,
     state_fields,
 )
 from redsession.model.contexts import overlay
@@ -28,7 +27,6 @@ from redsession.model.models import (
     SessionExport,
     SessionExportV1,
     SessionRecord,
-    from_us,
     to_us,
 )
 from redsession.storage.commands import Op
@@ -70,11 +68,7 @@ def export(
 
 def _export(core: Core, sid: str, owner: str | None) -> Op[SessionExport]:
     h, raw = yield from core.store.fetch(sid, owner, core.stamp(), touch=False, history=-1)
-    return SessionExport(
-        session=record_from_hash(sid, h, core.cipher),
-        history=core.decode(raw),
-        expires_at=from_us(expires_from_hash(sid, h)),
-    )
+    return export_from_hash(sid, h, raw, core.cipher)
 
 
 def _version(doc: object) -> str | None:

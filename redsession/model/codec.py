@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ from redsession.model.models import (
     Interaction,
     Item,
     Session,
+    SessionExport,
     SessionRecord,
     SessionSummary,
     from_us,
@@ -25,27 +27,26 @@ from redsession.model.validation import problems
 
 # -- history records ------------------------------------------------------------------------
 #
-# One record of a session's history log (a Redis LIST, oldest first) is
+# One record of a session's history log (a Redis LIST, oldest first) is a JSON object that
+# begins with a fixed layout, then holds the rest of the entry:
 #
-#     TIME " " ID " " KIND " " BODY
+#     {"timestamp":"2026-12-02T16:48:00.123456Z","id":"<id>","kind":"interaction",...}
+#     {"timestamp":"...","id":"<id>","kind":"item","item":<the item, as given>}
 #
-# TIME  the entry's time, UTC, as 2026-12-02T16:48:00.123456Z: always 27 bytes, so that the
-#       Lua scripts compare times as strings (reading the items after a time, interleaving a
-#       merge) without decoding anything;
-# ID    the entry's id ([A-Za-z0-9_-]{1,128}, like a session id);
-# KIND  "i" for an interaction, "m" for a framework item;
-# BODY  JSON, sealed as a Fernet token when encryption is on: for an interaction its
-#       user_message, assistant_response, metadata and topics; for an item the item itself.
+# The time is UTC, always 27 bytes at the same place, so the Lua scripts read it (and the id
+# after it) with string.sub and compare times as strings, without decoding anything. A
+# record is thus the entry's own JSON: a history reads back as one JSON array of its records,
+# validated by the models in one pydantic call, with no per-record work in Python.
 #
-# Time, id and kind stay in the clear, as ids, owners and timestamps do in the session hash.
-# Records written before framework items (no header: a JSON object or a token of one holding
-# every Interaction field) are still read. Reads rebuild each entry's JSON around the body and
-# validate the whole history in one pydantic call (in Rust), so the models are the one
-# definition of what a stored entry may hold.
+# With encryption on, all but the layout is sealed: {"timestamp":..,"id":..,"kind":..,
+# "sealed":"<Fernet token of the rest>"}; time, id and kind stay in the clear, as ids, owners
+# and timestamps do in the session hash. Records written before this layout (a JSON object
+# holding a whole Interaction, or a token of one) are still read.
 
 M = TypeVar("M", bound=BaseModel)
 TIME_BYTES = 27
-INTERACTION, ITEM = b"i", b"m"
+_HEAD = b'{"timestamp":"'
+_SEALED = b',"sealed":"'
 _HISTORY: TypeAdapter[list[Interaction | Item]] = TypeAdapter(list[Entry])
 
 
@@ -57,12 +58,16 @@ def loads(data: bytes | str, what: str) -> Any:
 
 
 def record_time(dt: datetime) -> bytes:
-    """A record's TIME field: fixed width, so byte order is time order."""
+    """A record's time: fixed width, so byte order is time order."""
     return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")[:26].encode() + b"Z"
 
 
-def _record(dt: datetime, rid: str, kind: bytes, body: bytes, cipher: Cipher) -> bytes:
-    return b" ".join((record_time(dt), rid.encode(), kind, cipher.seal(body)))
+def _record(dt: datetime, rid: str, kind: bytes, rest: bytes, cipher: Cipher) -> bytes:
+    """``rest``: the entry's other members, as ``"name":value,...`` JSON."""
+    head = b'%s%s","id":"%s","kind":"%s"' % (_HEAD, record_time(dt), rid.encode(), kind)
+    if not cipher.enabled:
+        return head + b"," + rest + b"}"
+    return head + _SEALED + cipher.seal(rest) + b'"}'
 
 
 def encode_interaction(
@@ -74,16 +79,16 @@ def encode_interaction(
     is spliced in as is rather than encoded a second time.
     """
     metadata = i.metadata if metadata_json is None else orjson.Fragment(metadata_json)
-    body = orjson.dumps({
+    rest = orjson.dumps({
         "user_message": i.user_message, "assistant_response": i.assistant_response,
         "metadata": metadata, "topics": i.topics,
-    })  # fmt: skip
-    return _record(i.timestamp, i.id, INTERACTION, body, cipher)
+    })[1:-1]  # fmt: skip
+    return _record(i.timestamp, i.id, b"interaction", rest, cipher)
 
 
 def encode_item(rid: str, at: datetime, item_json: bytes, cipher: Cipher) -> bytes:
     """The stored record of a framework item, given as its (checked) JSON."""
-    return _record(at, rid, ITEM, item_json, cipher)
+    return _record(at, rid, b"item", b'"item":' + item_json, cipher)
 
 
 def encode_entry(e: Interaction | Item, cipher: Cipher) -> bytes:
@@ -94,88 +99,111 @@ def encode_entry(e: Interaction | Item, cipher: Cipher) -> bytes:
 
 
 def sealed_body(rec: bytes | str) -> bytes:
-    """The part of a record that encryption seals: the body (the whole of an old record)."""
+    """The part of a record that encryption seals (the whole of an old record)."""
     raw = rec.encode() if isinstance(rec, str) else rec
-    return raw.split(b" ", 3)[3] if raw[:1].isdigit() else raw
+    if raw.startswith(_HEAD):
+        at = raw.find(_SEALED)
+        return raw[at + len(_SEALED) : -2] if at >= 0 else raw
+    return raw
+
+
+def _entry_json(rec: bytes, cipher: Cipher) -> bytes:
+    """One record as its entry's JSON: opened if sealed, framed if written before layouts."""
+    if rec.startswith(_HEAD):
+        at = rec.find(_SEALED)
+        if at < 0:
+            return rec  # plain: the record is the entry
+        rest = cipher.open(rec[at + len(_SEALED) : -2], "a history entry")
+        return rec[:at] + b"," + rest + b"}"
+    body = cipher.open(rec, "an interaction")  # a whole Interaction, without its kind
+    return b'{"kind":"interaction",' + body[1:] if body[:1] == b"{" else body
+
+
+def _history_json(raw: Sequence[bytes | str], cipher: Cipher, plain: bool = False) -> bytes:
+    """The records as one JSON array of entries. ``plain``: every record is known to be its
+    entry's JSON already (nothing sealed, nothing old), so they are only joined."""
+    recs = [r.encode() if isinstance(r, str) else r for r in raw]
+    if not plain:
+        recs = [_entry_json(r, cipher) for r in recs]
+    return b"[" + b",".join(recs) + b"]"
 
 
 def decode_history(raw: Sequence[bytes | str], cipher: Cipher) -> list[Interaction | Item]:
     """The entries of these records, oldest first; CorruptData if one does not decode."""
-    parts = []
-    for r in raw:
-        rec = r.encode() if isinstance(r, str) else r
-        if rec[:1].isdigit():
-            head = rec.split(b" ", 3)
-            if len(head) < 4:
-                raise CorruptData(f"a history record in Redis is malformed: {rec[:60]!r}")
-            ts, rid, kind, sealed = head
-            body = cipher.open(sealed, "a history entry")
-            if kind == INTERACTION:  # the body's fields follow the header's
-                parts.append(b'{"kind":"interaction","id":"%s","timestamp":"%s",%s'
-                             % (rid, ts, body[1:]))  # fmt: skip
-            elif kind == ITEM:
-                parts.append(b'{"kind":"item","id":"%s","timestamp":"%s","item":%s}'
-                             % (rid, ts, body))  # fmt: skip
-            else:
-                raise CorruptData(f"a history record in Redis has an unknown kind {kind!r}")
-        else:  # written before framework items: a whole Interaction
-            body = cipher.open(rec, "an interaction")
-            parts.append(b'{"kind":"interaction",' + body[1:] if body[:1] == b"{" else body)
     try:
-        return _HISTORY.validate_json(b"[" + b",".join(parts) + b"]")
+        if not cipher.enabled:  # as in _parsed: the records as they are, first
+            with contextlib.suppress(ValidationError):
+                return _HISTORY.validate_json(_history_json(raw, cipher, plain=True))
+        return _HISTORY.validate_json(_history_json(raw, cipher))
     except ValidationError as e:
-        raise CorruptData(f"a history record in Redis is malformed: {e}") from e
+        raise CorruptData(f"a history record in Redis is malformed: {problems(e)}") from e
 
 
-def _record_values(sid: str, h: dict[str, str], cipher: Cipher) -> dict[str, Any]:
-    """A SessionRecord's fields, in its field order, from a session hash."""
+# -- session hashes: read as one JSON document, validated by the models in one call --------
+
+Hash = Mapping[str, bytes | str]
+
+
+def _b(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _int(h: Hash, field: str) -> int:
+    return int(h[field])
+
+
+def _when(us: int) -> bytes:
+    return b'"' + record_time(from_us(us)) + b'"'
+
+
+def _record_json(sid: str, h: Hash, cipher: Cipher) -> bytes:
+    """A SessionRecord's fields as JSON object members (no braces), from a session hash.
+
+    The hash's JSON fields (context, topics, merged_from, state values, scope) are spliced in
+    as they are stored: pydantic parses and checks them once, with the rest.
+    """
+    state = b",".join(
+        orjson.dumps(k[len(STATE) :]) + b":" + cipher.open(v, "session state")
+        for k, v in h.items()
+        if k.startswith(STATE)
+    )
+    return b'"session_id":"%s","user_id":"%s","created_at":%s,"last_activity":%s,' \
+        b'"total_interactions":%d,"context":%s,"topics":%s,"version":%d,"merged_from":%s,' \
+        b'"state":{%s},"scope":%s' % (
+            sid.encode(), _b(h["user_id"]), _when(_int(h, "created_at")),
+            _when(_int(h, "last_activity")), _int(h, "total_interactions"),
+            cipher.open(h["context"], "a context"), _b(h["topics"]), _int(h, "version"),
+            _b(h["merged_from"]), state, _b(h["scope"]) if "scope" in h else b"null",
+        )  # fmt: skip
+
+
+def _parsed(cls: type[M], sid: str, doc: Callable[[bool], bytes], cipher: Cipher) -> M:
+    """``cls`` from the JSON ``doc(plain)`` makes. Without a key the records are tried as they
+    are first (their own entries' JSON: the common case, no per-record work); if that fails
+    (a record sealed, or written before the layout, or corrupt), each is framed and tried
+    again, which says what is wrong with a corrupt one."""
     try:
-        values = {
-            "session_id": sid,
-            "user_id": h["user_id"],
-            "created_at": from_us(int(h["created_at"])),
-            "last_activity": from_us(int(h["last_activity"])),
-            "total_interactions": int(h["total_interactions"]),
-            "context": loads(cipher.open(h["context"], "a context"), "context"),
-            "topics": loads(h["topics"], "topics"),
-            "version": int(h["version"]),
-            "merged_from": loads(h["merged_from"], "merged_from"),
-            "state": {
-                k[len(STATE) :]: loads(cipher.open(v, "session state"), "session state")
-                for k, v in h.items()
-                if k.startswith(STATE)
-            },
-            "scope": loads(h["scope"], "scope") if "scope" in h else None,
-        }
-    except (KeyError, ValueError, OverflowError) as e:
-        raise CorruptData(f"session {sid!r} in Redis is malformed: {e}") from e
-    except CorruptData as e:  # a JSON field that does not parse
-        raise CorruptData(f"session {sid!r}: {e}") from e
-    if (
-        type(values["context"]) is not dict
-        or not _str_list(values["topics"])
-        or not _str_list(values["merged_from"])
-    ):
-        raise CorruptData(f"session {sid!r} in Redis is malformed: a JSON field has the wrong type")
-    return values
+        if not cipher.enabled:
+            with contextlib.suppress(ValidationError):
+                return cls.model_validate_json(doc(True))
+        return cls.model_validate_json(doc(False))
+    except (KeyError, ValueError, OverflowError) as e:  # ValidationError is a ValueError
+        if isinstance(e, ValidationError):
+            detail = problems(e)
+            if any(err["type"] == "json_invalid" for err in e.errors()):
+                detail = f"not JSON, or bytes that are not UTF-8 where text belongs ({detail})"
+        else:
+            detail = f"{type(e).__name__}: {e}"
+        raise CorruptData(f"session {sid!r} in Redis is malformed: {detail}") from e
 
 
-def _str_list(value: object) -> bool:
-    return type(value) is list and all(type(v) is str for v in value)
+def record_from_hash(sid: str, h: Hash, cipher: Cipher) -> SessionRecord:
+    return _parsed(
+        SessionRecord, sid, lambda _: b"{" + _record_json(sid, h, cipher) + b"}", cipher
+    )
 
 
-def record_from_hash(sid: str, h: dict[str, str], cipher: Cipher) -> SessionRecord:
-    return _validated(SessionRecord, sid, _record_values(sid, h, cipher))
-
-
-def _validated(cls: type[M], sid: str, values: dict[str, Any]) -> M:
-    try:
-        return cls.model_validate(values)
-    except ValidationError as e:
-        raise CorruptData(f"session {sid!r} in Redis is malformed: {problems(e)}") from e
-
-
-def expires_from_hash(sid: str, h: dict[str, str]) -> int:
+def expires_from_hash(sid: str, h: Hash) -> int:
     try:
         return int(h["expires_at"])
     except (KeyError, ValueError) as e:
@@ -183,12 +211,31 @@ def expires_from_hash(sid: str, h: dict[str, str]) -> int:
 
 
 def session_from_hash(
-    sid: str, h: dict[str, str], history: list[Interaction | Item], cipher: Cipher
+    sid: str, h: Hash, records: Sequence[bytes | str], cipher: Cipher
 ) -> Session:
-    values = _record_values(sid, h, cipher)
-    values["expires_at"] = from_us(expires_from_hash(sid, h))
-    values["history"] = history  # models already: pydantic takes them as they are
-    return _validated(Session, sid, values)
+    """The session and its history (the records given), in one validation."""
+    return _parsed(Session, sid, lambda plain: b'{%s,"expires_at":%s,"history":%s}' % (
+        _record_json(sid, h, cipher), _when(expires_from_hash(sid, h)),
+        _history_json(records, cipher, plain),
+    ), cipher)  # fmt: skip
+
+
+def export_from_hash(
+    sid: str, h: Hash, records: Sequence[bytes | str], cipher: Cipher
+) -> SessionExport:
+    """The export document of a session, in one validation."""
+    doc = b'{"session":{%s},"history":%s,"expires_at":%s}'
+    return _parsed(SessionExport, sid, lambda plain: doc % (
+        _record_json(sid, h, cipher), _history_json(records, cipher, plain),
+        _when(expires_from_hash(sid, h)),
+    ), cipher)  # fmt: skip
+
+
+def _validated(cls: type[M], sid: str, values: dict[str, Any]) -> M:
+    try:
+        return cls.model_validate(values)
+    except ValidationError as e:
+        raise CorruptData(f"session {sid!r} in Redis is malformed: {problems(e)}") from e
 
 
 def summary_from_row(sid: str, row: dict[str, str]) -> SessionSummary:

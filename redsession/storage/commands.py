@@ -81,6 +81,14 @@ def flat_to_dict(flat: Sequence[bytes | str]) -> dict[str, str]:
     return {text(k): text(v) for k, v in zip(it, it)}
 
 
+def raw_hash(flat: Sequence[Any]) -> dict[str, Any]:
+    """A flat [field, value, ...] reply as a dict: field names as text, values as they came."""
+    it = iter(flat)
+    if flat and type(flat[0]) is bytes:  # what our clients return (decode_responses off)
+        return {k.decode(): v for k, v in zip(it, it)}
+    return {text(k): v for k, v in zip(it, it)}
+
+
 def hash_reply(reply: Reply) -> dict[str, str]:
     """HGETALL's reply as a dict of text, whether RESP2 (flat) or RESP3 (a map)."""
     if isinstance(reply, dict):

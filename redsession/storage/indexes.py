@@ -31,12 +31,19 @@ from redsession.storage.commands import (
     raw_pairs,
     text,
 )
-from redsession.storage.keys import Keys, expiry_member
+from redsession.storage.keys import (
+    GLOBAL_SUFFIXES,
+    USER_HEAD,
+    USER_PREFS_TAIL,
+    USER_SESSIONS_TAIL,
+    Keys,
+    expiry_member,
+)
 
 log = logging.getLogger(__name__)
 
-# The global indexes, in the order session scripts receive them as KEYS[4..8].
-GLOBAL = ("sessions", "users", "expiry", "dirty", "users_by_name")
+# The global indexes (their names: keys.GLOBAL_SUFFIXES).
+GLOBAL = tuple(GLOBAL_SUFFIXES)
 
 # KEYS[1] a ZSET; ARGV pairs of member, score.
 # Removes each member only while its score is still the one given: a change that raced
@@ -106,10 +113,11 @@ EXPIRED = tuple(w for w in GONE if w.index != "expiry")
 
 # -- the Lua rendering (the session scripts' prelude defines these names) -----------------
 
+# The prelude's P is the key prefix (given on a single server only).
 _LUA = {
-    "user_sessions": "HEAD .. uid .. TAIL_S",
-    "user_prefs": "HEAD .. uid .. TAIL_P",
-    **{name: f"KEYS[{4 + i}]" for i, name in enumerate(GLOBAL)},
+    "user_sessions": f"P .. '{USER_HEAD}' .. uid .. '{USER_SESSIONS_TAIL}'",
+    "user_prefs": f"P .. '{USER_HEAD}' .. uid .. '{USER_PREFS_TAIL}'",
+    **{name: f"P .. '{suffix}'" for name, suffix in GLOBAL_SUFFIXES.items()},
     "activity": "ACTIVE",
     "expires": "EXP_US",
     "now": "NOW",
@@ -130,14 +138,14 @@ def _lua_call(w: Write) -> str:
 def lua_functions() -> str:
     """``index(uid, created)`` and ``unindex(uid)`` for the session scripts' prelude.
 
-    Both do nothing when HEAD is '' (a cluster: the caller runs the pipelined form).
+    Both do nothing when P is '' (a cluster: the caller runs the pipelined form).
     """
     index = "\n".join(_lua_call(w) for w in LIVE)
     created = "\n".join(_lua_call(w) for w in CREATED)
     unindex = "\n".join(_lua_call(w) for w in GONE)
     return f"""
 local function index(uid, created)
-  if HEAD == '' then return end
+  if P == '' then return end
 {index}
   if created then
 {created}
@@ -145,7 +153,7 @@ local function index(uid, created)
 end
 
 local function unindex(uid)
-  if HEAD == '' then return end
+  if P == '' then return end
 {unindex}
   if redis.call('EXISTS', {_LUA['user_sessions']}) == 0 then
     redis.call('ZREM', {_LUA['users']}, uid)

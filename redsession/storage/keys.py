@@ -13,6 +13,19 @@ from redsession.errors import ConfigError
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
+# The parts every name is made of: prefix + part (+ id + tail). The Lua scripts build the
+# same names from these (storage/indexes.py), so they are spelled here only.
+SESSION_HEAD, SESSION_TAIL = ":s:{", "}"
+LOG_SUFFIX, TOMB_SUFFIX = ":log", ":tomb"  # after the session key: one slot
+USER_HEAD, USER_SESSIONS_TAIL, USER_PREFS_TAIL = ":u:{", "}:sessions", "}:prefs"
+GLOBAL_SUFFIXES = {
+    "sessions": ":sessions",
+    "users": ":users",
+    "expiry": ":expiry",
+    "dirty": ":dirty",
+    "users_by_name": ":users:by-name",
+}
+
 
 @dataclass(frozen=True)
 class Family:
@@ -54,11 +67,11 @@ class Keys:
             )
         p = self.prefix
         for name, family in (
-            ("session_family", Family(f"{p}:s:{{", "}")),
-            ("log_family", Family(f"{p}:s:{{", "}:log")),
-            ("tomb_family", Family(f"{p}:s:{{", "}:tomb")),
-            ("user_sessions_family", Family(f"{p}:u:{{", "}:sessions")),
-            ("user_prefs_family", Family(f"{p}:u:{{", "}:prefs")),
+            ("session_family", Family(p + SESSION_HEAD, SESSION_TAIL)),
+            ("log_family", Family(p + SESSION_HEAD, SESSION_TAIL + LOG_SUFFIX)),
+            ("tomb_family", Family(p + SESSION_HEAD, SESSION_TAIL + TOMB_SUFFIX)),
+            ("user_sessions_family", Family(p + USER_HEAD, USER_SESSIONS_TAIL)),
+            ("user_prefs_family", Family(p + USER_HEAD, USER_PREFS_TAIL)),
         ):
             object.__setattr__(self, name, family)
 
@@ -84,27 +97,27 @@ class Keys:
     @property
     def sessions(self) -> str:
         """ZSET session id -> last activity (µs)."""
-        return f"{self.prefix}:sessions"
+        return self.prefix + GLOBAL_SUFFIXES["sessions"]
 
     @property
     def users(self) -> str:
         """ZSET user id -> last activity (µs)."""
-        return f"{self.prefix}:users"
+        return self.prefix + GLOBAL_SUFFIXES["users"]
 
     @property
     def expiry(self) -> str:
         """ZSET "sid:uid" -> expires_at (µs); cleanup reads only what has expired."""
-        return f"{self.prefix}:expiry"
+        return self.prefix + GLOBAL_SUFFIXES["expiry"]
 
     @property
     def dirty(self) -> str:
         """ZSET session id -> time of its last change (µs), for the incremental dump."""
-        return f"{self.prefix}:dirty"
+        return self.prefix + GLOBAL_SUFFIXES["dirty"]
 
     @property
     def users_by_name(self) -> str:
         """ZSET user id -> 0: users in name order, for listing by prefix (ZRANGEBYLEX)."""
-        return f"{self.prefix}:users:by-name"
+        return self.prefix + GLOBAL_SUFFIXES["users_by_name"]
 
     # The worker.
     @property

@@ -1,12 +1,13 @@
 """The Lua scripts behind every session operation: each one round trip, atomic on its slot.
 
 Every script runs with the same KEYS and leading ARGV, set out in PRELUDE, then arguments
-of its own (ARGV[11] on), documented at each script. Scripts reply with a status table:
+of its own (ARGV[7] on), documented at each script. Scripts reply with a status table:
 {'ok', ...}, {'missing'}, {'gone', tombstone}, {'denied'}, {'exists'}, {'conflict'},
 {'limit', n}, {'empty'}, {'interaction', record} or {'legacy'}.
 
-History records are ``TIME ID KIND BODY`` (model/codec.py): the scripts read TIME (the first
-27 bytes, which sort as time) and ID, never the body, which may be encrypted.
+History records are JSON objects whose first members are the entry's time (a fixed 27
+bytes at a fixed place, so that times compare as strings), id and kind (model/codec.py): the
+scripts read those, never the rest, which may be encrypted.
 
 Tombstones are ``deleted <owner>`` or ``merged <owner> <primary>``; a caller who names an
 owner (a user's token) and is not that owner is told 'missing', exactly as for an id that
@@ -17,20 +18,26 @@ from __future__ import annotations
 
 from redsession.storage.commands import Script
 from redsession.storage.indexes import lua_functions
+from redsession.storage.keys import LOG_SUFFIX, SESSION_HEAD, SESSION_TAIL, TOMB_SUFFIX
 
-PRELUDE = """
--- KEYS[1] session hash, KEYS[2] history log, KEYS[3] tombstone: all in the session's slot.
--- KEYS[4..7] the global indexes (indexes.GLOBAL: sessions, users, expiry, dirty):
---   given on a single server only; on a cluster the caller updates them in a second step.
--- ARGV[1] user key head ('' = do not touch indexes), ARGV[2] user-sessions tail,
--- ARGV[3] user-prefs tail, ARGV[4] activity score (µs), ARGV[5] expires_at (µs),
--- ARGV[6] expires_at (ms, for PEXPIREAT), ARGV[7] now (µs, the dirty stamp),
--- ARGV[8] preferences TTL (ms), ARGV[9] required owner ('' = any), ARGV[10] session id.
-local HASH, LOG, TOMB = KEYS[1], KEYS[2], KEYS[3]
-local HEAD, TAIL_S, TAIL_P = ARGV[1], ARGV[2], ARGV[3]
-local ACTIVE, EXP_US, EXP_MS, NOW = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local PREFS_MS, OWNER, SID = ARGV[8], ARGV[9], ARGV[10]
+PRELUDE = f"""
+-- KEYS[1] the session hash; its log and tombstone are that name + '{LOG_SUFFIX}' and
+--   '{TOMB_SUFFIX}' (one slot). The indexes are named from ARGV[1]: see indexes.py.
+-- ARGV[1] the key prefix, or '' to leave the indexes alone (a cluster: the caller updates
+--   them in a second step), ARGV[2] now (µs: times of records, the dirty stamp),
+-- ARGV[3] the activity time (µs; '' = now), ARGV[4] the new expiry (µs),
+-- ARGV[5] the preferences' TTL (ms), ARGV[6] the owner required ('' = any).
+local HASH = KEYS[1]
+local LOG, TOMB = HASH .. '{LOG_SUFFIX}', HASH .. '{TOMB_SUFFIX}'
+local P, NOW, ACTIVE, EXP_US = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local PREFS_MS, OWNER = ARGV[5], ARGV[6]
+if ACTIVE == '' then ACTIVE = NOW end
+-- PEXPIREAT takes ms; %.0f: a Lua number as an integer, not in exponent form
+local EXP_MS = string.format('%.0f', math.floor(tonumber(EXP_US) / 1000))
+local SID = string.sub(HASH, #P + {len(SESSION_HEAD)} + 1, -{len(SESSION_TAIL)} - 1)
 
+"""
+PRELUDE += """
 -- The live session's owner, or nil and the reply that says why there is none. A write is
 -- refused while a merge has fenced the session: it answers as the merged tombstone will.
 -- A merged tombstone (and a fence) names the primary's owner, who alone may follow it.
@@ -63,10 +70,15 @@ local function expire()
   redis.call('PEXPIREAT', LOG, EXP_MS)
 end
 
--- A record's time (the first 27 bytes), or nil for a record written before headers.
+-- A record is a JSON object that starts {"timestamp":"<27 bytes>","id":"<id>","kind":"...
+-- (model/codec.py). Its time and id, or nil for a record written before that layout.
 local function rtime(rec)
-  if string.find(rec, '^%d') then return string.sub(rec, 1, 27) end
+  if string.sub(rec, 1, 14) == '{"timestamp":"' then return string.sub(rec, 15, 41) end
   return nil
+end
+
+local function rid(rec)
+  return string.match(rec, '^","id":"([^"]*)"', 42)
 end
 
 -- Counts as activity: the write or read that calls it slides the session's expiry.
@@ -127,33 +139,33 @@ def _new_hash(uid: str, context: str, created: str) -> str:
   'context', {context}, 'topics', '[]', 'version', 0, 'merged_from', '[]')"""
 
 
-# ARGV[11] user id, ARGV[12] context JSON, ARGV[13] created_at (µs), ARGV[14] scope (JSON,
-# '' = none), ARGV[15..] session state fields and values ("state:<key>", JSON).
+# ARGV[7] user id, ARGV[8] context JSON, ARGV[9] created_at (µs), ARGV[10] scope (JSON,
+# '' = none), ARGV[11..] session state fields and values ("state:<key>", JSON).
 CREATE = _session(
     "create",
     f"""
 if redis.call('EXISTS', HASH, TOMB) > 0 then return {{'exists'}} end
-{_new_hash("ARGV[11]", "ARGV[12]", "ARGV[13]")}
-fields(14, 15, #ARGV)
+{_new_hash("ARGV[7]", "ARGV[8]", "ARGV[9]")}
+fields(10, 11, #ARGV)
 expire()
-index(ARGV[11], true)
+index(ARGV[7], true)
 return {{'ok'}}
 """,
 )
 
-# ARGV[11] '1' to count as activity (resume) or '0' (a plain read),
-# ARGV[12] how many of the newest records to return (-1: all of them).
+# ARGV[7] '1' to count as activity (resume) or '0' (a plain read),
+# ARGV[8] how many of the newest records to return (-1: all of them).
 # Reply: {'ok', HGETALL as a flat list, newest records oldest first}.
 FETCH = _session(
     "fetch",
     """
 local uid, err = owner(false)
 if not uid then return err end
-if ARGV[11] == '1' then
+if ARGV[7] == '1' then
   touch(uid)
   index(uid)
 end
-local n = tonumber(ARGV[12])
+local n = tonumber(ARGV[8])
 local history = {}
 if n < 0 then history = redis.call('LRANGE', LOG, 0, -1)
 elseif n > 0 then history = redis.call('LRANGE', LOG, -n, -1) end
@@ -161,43 +173,43 @@ return {'ok', redis.call('HGETALL', HASH), history}
 """,
 )
 
-# ARGV[11] '1' to count as activity, ARGV[12] at most this many ('' = all),
-# ARGV[13] only positions before this ('' = to the end).
+# ARGV[7] '1' to count as activity, ARGV[8] at most this many ('' = all),
+# ARGV[9] only positions before this ('' = to the end).
 # Reply: {'ok', owner, log length, records oldest first}. O(returned), not O(history).
 HISTORY = _session(
     "history",
     """
 local uid, err = owner(false)
 if not uid then return err end
-if ARGV[11] == '1' then
+if ARGV[7] == '1' then
   touch(uid)
   index(uid)
 end
 local len = redis.call('LLEN', LOG)
 local stop = len
-if ARGV[13] ~= '' then stop = math.min(len, tonumber(ARGV[13])) end
+if ARGV[9] ~= '' then stop = math.min(len, tonumber(ARGV[9])) end
 local start = 0
-if ARGV[12] ~= '' then start = math.max(0, stop - tonumber(ARGV[12])) end
+if ARGV[8] ~= '' then start = math.max(0, stop - tonumber(ARGV[8])) end
 if stop <= start then return {'ok', uid, len, {}} end
 return {'ok', uid, len, redis.call('LRANGE', LOG, start, stop - 1)}
 """,
 )
 
-# ARGV[11] '1' to count as activity, ARGV[12] the earliest time wanted (a record TIME),
-# ARGV[13] a time some seconds before it: writers' clocks may disagree by that much, so the
+# ARGV[7] '1' to count as activity, ARGV[8] the earliest time wanted (a record TIME),
+# ARGV[9] a time some seconds before it: writers' clocks may disagree by that much, so the
 # log is read back from the newest record until a record older than this one (or a record
-# written before headers, older still). Reply: {'ok', owner, records at or after ARGV[12],
+# written before headers, older still). Reply: {'ok', owner, records at or after ARGV[8],
 # oldest first}. O(records returned + records in the clock-skew margin).
 AFTER = _session(
     "after",
     """
 local uid, err = owner(false)
 if not uid then return err end
-if ARGV[11] == '1' then
+if ARGV[7] == '1' then
   touch(uid)
   index(uid)
 end
-local since, floor = ARGV[12], ARGV[13]
+local since, floor = ARGV[8], ARGV[9]
 local found, stop, page = {}, -1, 64
 while true do
   local recs = redis.call('LRANGE', LOG, stop - page + 1, stop)
@@ -219,19 +231,19 @@ return {'ok', uid, out}
 """,
 )
 
-# ARGV[11] max topics per session, ARGV[12] k, the number of records that follow,
-# ARGV[13..12+k] the records, oldest first; ARGV[13+k] the user to create the session for
-# when it does not exist ('' = do not create: 'missing'), ARGV[14+k] its scope (JSON, or '');
-# ARGV[15+k] m, then m arguments: session state fields and values ("state:<key>", JSON) to
-# set with the records; ARGV[16+k+m..] topics to add. O(k + m) whatever the history length;
+# ARGV[7] max topics per session, ARGV[8] k, the number of records that follow,
+# ARGV[9..8+k] the records, oldest first; ARGV[9+k] the user to create the session for
+# when it does not exist ('' = do not create: 'missing'), ARGV[10+k] its scope (JSON, or '');
+# ARGV[11+k] m, then m arguments: session state fields and values ("state:<key>", JSON) to
+# set with the records; ARGV[12+k+m..] topics to add. O(k + m) whatever the history length;
 # O(topics) for the topic union. Reply: {'ok', owner, new length, 1 if it created the
 # session else 0} or {'limit', topic count}.
 APPEND = _session(
     "append",
     f"""
-local k = tonumber(ARGV[12])
-local create = ARGV[13 + k]
-local m = tonumber(ARGV[15 + k])
+local k = tonumber(ARGV[8])
+local create = ARGV[9 + k]
+local m = tonumber(ARGV[11 + k])
 local uid, err = owner(true)
 local created = false
 if not uid then
@@ -239,20 +251,20 @@ if not uid then
   if OWNER ~= '' and OWNER ~= create then return err end
   uid, created = create, true
   {_new_hash("uid", "'{}'", "NOW")}
-  fields(14 + k, 1, 0)
+  fields(10 + k, 1, 0)
 end
-local ok, count = add_topics(16 + k + m, tonumber(ARGV[11]))
+local ok, count = add_topics(12 + k + m, tonumber(ARGV[7]))
 if not ok then return {{'limit', count}} end
-if m > 0 then redis.call('HSET', HASH, unpack(ARGV, 16 + k, 15 + k + m)) end
-local n = push(13, 12 + k)
+if m > 0 then redis.call('HSET', HASH, unpack(ARGV, 12 + k, 11 + k + m)) end
+local n = push(9, 8 + k)
 touch(uid, n)
 index(uid, created)
 return {{'ok', uid, n, created and 1 or 0}}
 """,
 )
 
-# ARGV[11] the record the caller expects at the tail ('' = look first), ARGV[12] what
-# replaces it ('' = remove it). With ARGV[11] '': an item at the tail is removed and
+# ARGV[7] the record the caller expects at the tail ('' = look first), ARGV[8] what
+# replaces it ('' = remove it). With ARGV[7] '': an item at the tail is removed and
 # returned; an interaction is returned as {'interaction', record} untouched, for the caller
 # to split (its newest item is the assistant's answer) and come back with both arguments.
 # Reply: {'ok', owner, removed or replaced record, new length}, {'empty'}, {'conflict'}.
@@ -263,14 +275,17 @@ local uid, err = owner(true)
 if not uid then return err end
 local tail = redis.call('LINDEX', LOG, -1)
 if not tail then return {'empty'} end
-if ARGV[11] == '' then
-  -- an item is "TIME ID m BODY"; anything else (an interaction, old or new) is split by
+if ARGV[7] == '' then
+  -- an item's kind follows its id; anything else (an interaction, old or new) is split by
   -- the caller
-  if not string.find(tail, '^%d%S* %S+ m ') then return {'interaction', tail} end
-elseif tail ~= ARGV[11] then
+  local id = rtime(tail) and rid(tail)
+  if not (id and string.find(tail, '^","kind":"item"', 50 + #id)) then
+    return {'interaction', tail}
+  end
+elseif tail ~= ARGV[7] then
   return {'conflict'}
 end
-if ARGV[12] == '' then redis.call('RPOP', LOG) else redis.call('LSET', LOG, -1, ARGV[12]) end
+if ARGV[8] == '' then redis.call('RPOP', LOG) else redis.call('LSET', LOG, -1, ARGV[8]) end
 local n = redis.call('LLEN', LOG)
 touch(uid, n)
 index(uid)
@@ -279,53 +294,53 @@ return {'ok', uid, tail, n}
 )
 
 # Replaces the whole history, keeping the session (clear it with no records; compaction).
-# ARGV[11..] the new records, oldest first. Reply: {'ok', owner, new length}.
+# ARGV[7..] the new records, oldest first. Reply: {'ok', owner, new length}.
 REPLACE_HISTORY = _session(
     "replace_history",
     """
 local uid, err = owner(true)
 if not uid then return err end
 redis.call('DEL', LOG)
-local n = push(11, #ARGV)
+local n = push(7, #ARGV)
 touch(uid, n)
 index(uid)
 return {'ok', uid, n}
 """,
 )
 
-# ARGV[11] the version the new context was computed from, ARGV[12] the new context (JSON).
+# ARGV[7] the version the new context was computed from, ARGV[8] the new context (JSON).
 # Reply: {'ok', new version, owner} or {'conflict'} when another writer got there first.
 UPDATE_CONTEXT = _session(
     "update_context",
     """
 local uid, err = owner(true)
 if not uid then return err end
-if redis.call('HGET', HASH, 'version') ~= ARGV[11] then return {'conflict'} end
+if redis.call('HGET', HASH, 'version') ~= ARGV[7] then return {'conflict'} end
 local v = redis.call('HINCRBY', HASH, 'version', 1)
-redis.call('HSET', HASH, 'context', ARGV[12])
+redis.call('HSET', HASH, 'context', ARGV[8])
 touch(uid)
 index(uid)
 return {'ok', v, uid}
 """,
 )
 
-# ARGV[11] '' to delete, or the primary a fenced session was merged into (MERGE_INTO has
-# taken its content), ARGV[12] the tombstone's TTL (ms), ARGV[13] the primary's owner.
+# ARGV[7] '' to delete, or the primary a fenced session was merged into (MERGE_INTO has
+# taken its content), ARGV[8] the tombstone's TTL (ms), ARGV[9] the primary's owner.
 # Reply: {'ok', owner}; {'conflict'} when a merge tombstone finds no fence for that primary.
 DELETE = _session(
     "delete",
     """
-local uid, err = owner(ARGV[11] == '')
+local uid, err = owner(ARGV[7] == '')
 if not uid then return err end
 local tomb = 'deleted ' .. uid
-if ARGV[11] ~= '' then
-  tomb = 'merged ' .. ARGV[13] .. ' ' .. ARGV[11]
-  if redis.call('HGET', HASH, 'merging') ~= ARGV[13] .. ' ' .. ARGV[11] then
+if ARGV[7] ~= '' then
+  tomb = 'merged ' .. ARGV[9] .. ' ' .. ARGV[7]
+  if redis.call('HGET', HASH, 'merging') ~= ARGV[9] .. ' ' .. ARGV[7] then
     return {'conflict'}
   end
 end
 redis.call('DEL', HASH, LOG)
-redis.call('SET', TOMB, tomb, 'PX', ARGV[12])
+redis.call('SET', TOMB, tomb, 'PX', ARGV[8])
 unindex(uid)
 return {'ok', uid}
 """,
@@ -333,7 +348,7 @@ return {'ok', uid}
 
 # The first step of a merge, on the secondary: from now on it refuses writes, which answer
 # as its merged tombstone will (SessionMerged, naming the primary), so that nothing written
-# to it can be lost while its content moves. ARGV[11] the primary, ARGV[12] its owner.
+# to it can be lost while its content moves. ARGV[7] the primary, ARGV[8] its owner.
 # Idempotent for the same primary. Reply: {'ok', owner}; {'gone', ...} when fenced (or
 # merged) for another primary.
 FENCE = _session(
@@ -342,7 +357,7 @@ FENCE = _session(
 local uid, err = owner(false)
 if not uid then return err end
 local fence = redis.call('HGET', HASH, 'merging')
-local mine = ARGV[12] .. ' ' .. ARGV[11]
+local mine = ARGV[8] .. ' ' .. ARGV[7]
 if fence and fence ~= mine then return {'gone', 'merged ' .. fence} end
 redis.call('HSET', HASH, 'merging', mine)
 return {'ok', uid}
@@ -352,29 +367,30 @@ return {'ok', uid}
 # The second step of a merge, on the primary: the fenced secondary's records join the
 # primary's history, interleaved by (time, id) and deduplicated by id (the primary's copy
 # wins), in one step, so that appends to the primary racing with the merge are kept.
-# ARGV[11] the primary's version the caller read (its context was merged from that one),
-# ARGV[12] the merged context ('' = unchanged), ARGV[13] the secondary's created_at (µs),
-# ARGV[14] merged_from (JSON; '' = unchanged), ARGV[15] m, ARGV[16..15+m] the secondary's
-# state fields and values (set where the primary has none), ARGV[16+m] k, then the
+# ARGV[7] the primary's version the caller read (its context was merged from that one),
+# ARGV[8] the merged context ('' = unchanged), ARGV[9] the secondary's created_at (µs),
+# ARGV[10] merged_from (JSON; '' = unchanged), ARGV[11] m, ARGV[12..11+m] the secondary's
+# state fields and values (set where the primary has none), ARGV[12+m] k, then the
 # secondary's k records, then its topics. EXP_US/EXP_MS and ACTIVE carry the secondary's expiry and
 # last activity: the later wins. The version moves only when the context or merged_from do,
 # so a re-run after a crash changes nothing that the first run did.
-# Reply: {'ok', version, length}; {'conflict'} if the version changed since ARGV[11];
+# Reply: {'ok', version, length}; {'conflict'} if the version changed since ARGV[7];
 # {'legacy'} if the primary holds records written before headers (UPGRADE them first).
 MERGE_INTO = _session(
     "merge_into",
     """
 local uid, err = owner(true)
 if not uid then return err end
-if redis.call('HGET', HASH, 'version') ~= ARGV[11] then return {'conflict'} end
-local m = tonumber(ARGV[15])
-local k = tonumber(ARGV[16 + m])
-local r0 = 17 + m  -- the first record
+if redis.call('HGET', HASH, 'version') ~= ARGV[7] then return {'conflict'} end
+local m = tonumber(ARGV[11])
+local k = tonumber(ARGV[12 + m])
+local r0 = 13 + m  -- the first record
 local seen, all = {}, {}
 local function add(rec)
-  local key = string.match(rec, '^(%d%S* %S+) ')
-  if not key then return false end
-  local id = string.sub(key, 29)
+  local t = rtime(rec)
+  if not t then return false end
+  local id = rid(rec)
+  local key = t .. ' ' .. id
   if not seen[id] then
     seen[id] = true
     all[#all + 1] = {key, rec}
@@ -401,16 +417,16 @@ if moved or redis.call('LLEN', LOG) ~= #all then
 end
 local cur = redis.call('HMGET', HASH, 'created_at', 'last_activity', 'expires_at', 'version')
 local function later(a, b) if tonumber(a) > tonumber(b) then return a end return b end
-if tonumber(ARGV[13]) < tonumber(cur[1]) then redis.call('HSET', HASH, 'created_at', ARGV[13]) end
+if tonumber(ARGV[9]) < tonumber(cur[1]) then redis.call('HSET', HASH, 'created_at', ARGV[9]) end
 ACTIVE = later(cur[2], ACTIVE)
 EXP_US = later(cur[3], EXP_US)
 EXP_MS = string.format('%.0f', math.floor(tonumber(EXP_US) / 1000))
 add_topics(r0 + k, nil)
-for i = 16, 15 + m, 2 do redis.call('HSETNX', HASH, ARGV[i], ARGV[i + 1]) end
+for i = 12, 11 + m, 2 do redis.call('HSETNX', HASH, ARGV[i], ARGV[i + 1]) end
 local v = tonumber(cur[4])
-if ARGV[12] ~= '' or ARGV[14] ~= '' then v = redis.call('HINCRBY', HASH, 'version', 1) end
-if ARGV[12] ~= '' then redis.call('HSET', HASH, 'context', ARGV[12]) end
-if ARGV[14] ~= '' then redis.call('HSET', HASH, 'merged_from', ARGV[14]) end
+if ARGV[8] ~= '' or ARGV[10] ~= '' then v = redis.call('HINCRBY', HASH, 'version', 1) end
+if ARGV[8] ~= '' then redis.call('HSET', HASH, 'context', ARGV[8]) end
+if ARGV[10] ~= '' then redis.call('HSET', HASH, 'merged_from', ARGV[10]) end
 touch(uid, #all)
 index(uid)
 return {'ok', v, #all}
@@ -418,7 +434,7 @@ return {'ok', v, #all}
 )
 
 # Rewrites records written before headers in place, each only while it is still there:
-# ARGV[11..] triples of position (from the head), old record, new record. Appends go to the
+# ARGV[7..] triples of position (from the head), old record, new record. Appends go to the
 # tail, so positions hold. Reply: {'ok', records rewritten}.
 UPGRADE = _session(
     "upgrade",
@@ -426,7 +442,7 @@ UPGRADE = _session(
 local uid, err = owner(true)
 if not uid then return err end
 local n = 0
-for i = 11, #ARGV, 3 do
+for i = 7, #ARGV, 3 do
   if redis.call('LINDEX', LOG, ARGV[i]) == ARGV[i + 1] then
     redis.call('LSET', LOG, ARGV[i], ARGV[i + 2])
     n = n + 1
@@ -437,31 +453,31 @@ return {'ok', n}
 )
 
 # Replace a whole session (import, restore, key rotation).
-# ARGV[11] mode: 'new' (refuse if it or its tombstone exists), 'replace', or 'cas'
-# (only if version and total still equal ARGV[12] and ARGV[13]); ARGV[14] k, the number
+# ARGV[7] mode: 'new' (refuse if it or its tombstone exists), 'replace', or 'cas'
+# (only if version and total still equal ARGV[8] and ARGV[9]); ARGV[10] k, the number
 # of hash field/value arguments that follow; then the history records, oldest first.
 # Reply: {'ok', previous owner or ''}.
 WRITE = _session(
     "write",
     """
-local mode = ARGV[11]
+local mode = ARGV[7]
 if mode == 'new' then
   if redis.call('EXISTS', HASH, TOMB) > 0 then return {'exists'} end
 elseif mode == 'cas' then
   local uid, err = owner(true)
   if not uid then return err end
-  if changed(ARGV[12], ARGV[13]) then return {'conflict'} end
+  if changed(ARGV[8], ARGV[9]) then return {'conflict'} end
 end
-local k = tonumber(ARGV[14])
+local k = tonumber(ARGV[10])
 local uid
-for i = 15, 14 + k, 2 do
+for i = 11, 10 + k, 2 do
   if ARGV[i] == 'user_id' then uid = ARGV[i + 1] end
 end
 local old = redis.call('HGET', HASH, 'user_id')
 if old and old ~= uid then unindex(old) end
 redis.call('DEL', HASH, LOG, TOMB)
-redis.call('HSET', HASH, unpack(ARGV, 15, 14 + k))
-push(15 + k, #ARGV)
+redis.call('HSET', HASH, unpack(ARGV, 11, 10 + k))
+push(11 + k, #ARGV)
 expire()
 index(uid, true)
 return {'ok', old or ''}

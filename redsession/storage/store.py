@@ -26,9 +26,9 @@ from redsession.storage.commands import (
     Op,
     Reply,
     Script,
-    flat_to_dict,
     hash_reply,
     int_score,
+    raw_hash,
     raw_pairs,
     text,
 )
@@ -57,28 +57,19 @@ class Store:
         self.upkeep = IndexUpkeep(keys)
         self._prefs_ms = int(settings.preferences_ttl.total_seconds() * 1000)
         self._tomb_ms = int(settings.session_ttl.total_seconds() * 1000)
-        self._index_keys = () if cluster else tuple(getattr(keys, n) for n in indexes.GLOBAL)
-        self._user_parts = (
-            ("", "", "")
-            if cluster  # '' tells the scripts to leave the indexes to the second step
-            else (keys.user_sessions_family.head, keys.user_sessions_family.tail,
-                  keys.user_prefs_family.tail)
-        )  # fmt: skip
+        # '' tells the scripts to leave the indexes to the second step (their keys sit in
+        # other slots than the session's on a cluster).
+        self._prefix = "" if cluster else keys.prefix
 
     # -- session scripts ---------------------------------------------------------------
 
-    def _eval(
-        self, script: Script, sid: str, owner: str | None, t: Stamp, *extra: Arg
-    ) -> Eval:
+    def _eval(self, script: Script, sid: str, owner: str | None, t: Stamp, *extra: Arg) -> Eval:
+        active = "" if t.activity == t.now else t.activity
         return Eval(
             script,
-            self.keys.session_keys(sid) + self._index_keys,
-            (
-                *self._user_parts,
-                t.activity, t.expires, t.expires // 1000, t.now, self._prefs_ms,
-                owner or "", sid, *extra,
-            ),
-        )  # fmt: skip
+            (self.keys.session(sid),),
+            (self._prefix, t.now, active, t.expires, self._prefs_ms, owner or "", *extra),
+        )
 
     def _run(
         self, script: Script, sid: str, owner: str | None, t: Stamp, *extra: Arg
@@ -106,14 +97,15 @@ class Store:
 
     def fetch(
         self, sid: str, owner: str | None, t: Stamp, *, touch: bool, history: int
-    ) -> Op[tuple[dict[str, str], list[Reply]]]:
-        """The session hash and its newest ``history`` records (-1: all of them)."""
+    ) -> Op[tuple[dict[str, bytes], list[Reply]]]:
+        """The session hash (field names as text, values as stored) and its newest
+        ``history`` records (-1: all of them)."""
         _, flat, hist = yield from self._run(
             scripts.FETCH, sid, owner, t, "1" if touch else "0", history
         )
-        h = flat_to_dict(flat)
+        h = raw_hash(flat)
         if touch:
-            yield from self._index(sid, h["user_id"], t)
+            yield from self._index(sid, text(h["user_id"]), t)
         return h, hist
 
     def history(
