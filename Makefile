@@ -26,7 +26,7 @@ run: $(RUN_STAMP)
 test: lint typecheck pytest test-wheel-server
 
 lint: $(STAMP)
-	$(BIN)/ruff check redsession tests bench
+	$(BIN)/ruff check redsession tests bench examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy redsession

@@ -16,7 +16,7 @@ from bench import harness, report, suite
 from bench.harness import FULL, SMOKE
 from bench.ops import OPS
 
-SECTIONS = ("ops", "growth", "dump", "memory")
+SECTIONS = ("ops", "growth", "dump", "memory", "frameworks")
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
@@ -89,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             from bench import memory
 
             tables += memory.memory(srv.url, smoke=args.smoke)
+        if "frameworks" in sections:
+            from bench import frameworks
+
+            # Each backend on a fresh server of its own, not on srv.
+            tables += frameworks.frameworks(smoke=args.smoke, budget=budget)
 
     for t in tables:
         print(t.text(), end="\n\n")

@@ -91,9 +91,12 @@ class AsyncSessionManager(ManagerBase):
         session_id: str | None = None,
         state: Mapping[str, Any] | None = None,
         scope: Mapping[str, str] | None = None,
+        reuse_deleted: bool = False,
     ) -> Session:
         return await self.run(
-            sessions.create_session(self.core, user_id, context, session_id, state, scope)
+            sessions.create_session(
+                self.core, user_id, context, session_id, state, scope, reuse_deleted
+            )
         )
 
     async def create_or_resume_session(self, user_id: str, session_id: str | None = None) -> str:
@@ -207,10 +210,12 @@ class AsyncSessionManager(ManagerBase):
         create_for: str | None = None,
         state: Mapping[str, Any] | None = None,
         scope: Mapping[str, str] | None = None,
+        times: Sequence[datetime] | None = None,
     ) -> list[Item]:
         return await self.run(
             history.append_items(
-                self.core, session_id, items, user_id, ids, topics, create_for, state, scope
+                self.core, session_id, items, user_id, ids, topics, create_for, state, scope,
+                times,
             )
         )
 

@@ -102,10 +102,18 @@ class SessionManager(ManagerBase):
         session_id: str | None = None,
         state: Mapping[str, Any] | None = None,
         scope: Mapping[str, str] | None = None,
+        reuse_deleted: bool = False,
     ) -> Session:
-        """Create a session for ``user_id``; the id is generated unless ``session_id`` is given."""
+        """Create a session for ``user_id``; the id is generated unless ``session_id`` is given.
+
+        ``state`` and ``scope``: a framework's session state and scope (see SessionRecord).
+        ``reuse_deleted``: the given id may be one this user deleted (never a merged one, or
+        another user's).
+        """
         return self.run(
-            sessions.create_session(self.core, user_id, context, session_id, state, scope)
+            sessions.create_session(
+                self.core, user_id, context, session_id, state, scope, reuse_deleted
+            )
         )
 
     def create_or_resume_session(self, user_id: str, session_id: str | None = None) -> str:
@@ -242,15 +250,19 @@ class SessionManager(ManagerBase):
         create_for: str | None = None,
         state: Mapping[str, Any] | None = None,
         scope: Mapping[str, str] | None = None,
+        times: Sequence[datetime] | None = None,
     ) -> list[Item]:
         """Append framework items (JSON objects, stored as given) in one round trip.
 
-        ``ids`` names them (default: generated); ``create_for`` creates the session for that
-        user if it does not exist yet (never one that was deleted or merged).
+        ``ids`` names them (default: generated) and ``times`` dates them (default: now, a
+        microsecond apart); ``create_for`` creates the session for that user if it does not
+        exist yet (never one that was deleted or merged), with ``scope``; ``state`` keys are
+        set in the same step.
         """
         return self.run(
             history.append_items(
-                self.core, session_id, items, user_id, ids, topics, create_for, state, scope
+                self.core, session_id, items, user_id, ids, topics, create_for, state, scope,
+                times,
             )
         )
 

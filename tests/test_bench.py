@@ -27,12 +27,19 @@ def test_smoke_run_reports_every_operation(tmp_path: Path) -> None:
     ]  # fmt: skip
     for table in tables:
         for op in ("log_interaction", "resume", "list_active_sessions", "export"):
-            for impl in ("redsession", "raw redis-py (limit)"):
+            for impl in ("redsession", "hand-rolled (limit)"):
                 rows = [r.split() for r in table.splitlines()]
                 assert any(r[0] == op and " ".join(r[1:-4]) == impl for r in rows if r), (op, impl)
-    for title in ("Growth — log_interaction", "Growth — resume", "Dump and cleanup", "Memory"):
+    for title in (
+        "Growth — log_interaction",
+        "Growth — resume",
+        "Dump and cleanup",
+        "Memory",
+        "Framework backends — OpenAI Agents SDK",
+        "Framework backends — Google ADK",
+    ):
         assert title in proc.stdout
-    assert "raw redis-py (limit)" in proc.stdout
+    assert "hand-rolled (limit)" in proc.stdout
     text = out.read_text()
     assert "| log_interaction | redsession |" in text
     assert "**server**" in text

@@ -19,9 +19,7 @@ from redsession.storage.commands import Batch, Cmd, Eval
 from redsession.storage.connection import async_client, sync_client
 from redsession.storage.drivers import SyncDriver
 from redsession.storage.keys import Keys, expiry_member
-from tests.topology import Cluster, async_cluster_manager, cluster_manager, redis_cluster
-
-__all__ = ["redis_cluster"]  # the session-scoped fixture, imported for pytest to find
+from tests.topology import Cluster, async_cluster_manager, cluster_manager
 
 K = Keys()
 

@@ -25,10 +25,8 @@ from redsession import (
     Settings,
 )
 from redsession.model.models import Interaction, Item
-from redsession.services.embedded import RedisServer
 from redsession.storage.connection import sync_client
 from redsession.storage.keys import Keys
-from tests.topology import Cluster, redis_cluster  # noqa: F401  (the session's cluster)
 
 K = Keys()
 # Items as frameworks write them: nesting, Unicode, big and small numbers, a key order that
@@ -37,22 +35,6 @@ TOOL_CALL = {"type": "function_call", "name": "lookup", "arguments": '{"q": "π"
              "call_id": "c1", "z": 1, "a": 2.0, "n": 2**62, "x": 0.1 + 0.2}  # fmt: skip
 USER = {"role": "user", "content": [{"type": "input_text", "text": "héllo ✓"}]}
 RESULT = {"type": "function_call_output", "call_id": "c1", "output": {"rows": [[1, None]]}}
-
-
-@pytest.fixture(params=["single", "cluster"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def url(backend: str, redis_server: RedisServer, request: pytest.FixtureRequest) -> str:
-    if backend == "cluster":
-        cluster: Cluster = request.getfixturevalue("redis_cluster")
-        cluster.flush()
-        return cluster.url
-    with redis.Redis.from_url(redis_server.url) as client:
-        client.flushall()  # the suite started this server
-    return redis_server.url
 
 
 @pytest.fixture

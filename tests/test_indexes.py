@@ -18,7 +18,7 @@ from redsession import SessionManager, Settings
 from redsession.storage.connection import sync_client
 from redsession.storage.keys import Keys
 from redsession.storage.store import Store
-from tests.topology import Cluster, redis_cluster  # noqa: F401  (the session's cluster)
+from tests.topology import Cluster
 
 K = Keys()
 # Every run starts at the same instant; near the real now, since Redis expires keys by its own.
@@ -94,7 +94,7 @@ def single(redis_url: str) -> Iterator[redis.Redis]:
 
 
 def test_lua_and_pipelined_forms_have_the_same_effect(
-    single: redis.Redis, redis_cluster: Cluster  # noqa: F811
+    single: redis.Redis, redis_cluster: Cluster
 ) -> None:
     settings = Settings()
     lua = SessionManager(single, settings)
@@ -112,7 +112,7 @@ def test_lua_and_pipelined_forms_have_the_same_effect(
         assert _run(on_cluster) == lua_state
 
 
-def test_users_leave_the_users_index_on_a_cluster(redis_cluster: Cluster) -> None:  # noqa: F811
+def test_users_leave_the_users_index_on_a_cluster(redis_cluster: Cluster) -> None:
     """The bug this rule fixed: the cluster's delete step left users with no session behind."""
     redis_cluster.flush()
     s = Settings()

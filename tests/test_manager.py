@@ -24,30 +24,17 @@ from redsession import (
     SessionNotFound,
     StorageUnavailable,
 )
-from redsession.services.embedded import RedisServer
 from redsession.storage.keys import Keys
 from tests.conftest import ServerFactory
-from tests.topology import Cluster, redis_cluster  # noqa: F401  (the session's cluster)
 
 MakeManager = Callable[..., SessionManager]
 K = Keys()
 
 
 # Every test here runs on one server and on a 3-primary Redis Cluster.
-@pytest.fixture(params=["single", "cluster"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
-def redis_url(backend: str, redis_server: RedisServer, request: pytest.FixtureRequest) -> str:
-    if backend == "cluster":
-        cluster: Cluster = request.getfixturevalue("redis_cluster")
-        cluster.flush()
-        return cluster.url
-    with redis.Redis.from_url(redis_server.url) as client:
-        client.flushall()  # the suite started this server
-    return redis_server.url
+def redis_url(url: str) -> str:
+    return url  # the conftest's redis_url, on both topologies
 
 
 @pytest.fixture

@@ -12,27 +12,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from redsession import SessionManager, SessionMerged, Settings
-from redsession.services.embedded import RedisServer
 from redsession.storage.connection import sync_client
-from tests.topology import Cluster, redis_cluster  # noqa: F401  (the session's cluster)
 
 WRITERS_PER_SIDE = 4
 MAX_APPENDS = 3000  # per writer: the loop is bounded whatever happens
 AFTER = 10  # appends each writer makes once the merge has returned
-
-
-@pytest.fixture(params=["single", "cluster"])
-def url(request: pytest.FixtureRequest, redis_server: RedisServer) -> str:
-    if request.param == "cluster":
-        cluster: Cluster = request.getfixturevalue("redis_cluster")
-        cluster.flush()
-        return cluster.url
-    with redis.Redis.from_url(redis_server.url) as client:
-        client.flushall()
-    return redis_server.url
 
 
 @pytest.fixture

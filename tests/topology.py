@@ -1,9 +1,10 @@
 """Multi-process Redis topologies for tests: a Redis Cluster and a Sentinel-managed pair.
 
 Every process listens on loopback only and is a child of the test process (it dies with it).
-Use ``redis_cluster`` (a session-scoped fixture: import it into a conftest or test module)
-and ``cluster_manager(cluster)`` / ``async_cluster_manager(cluster)`` for an emptied
-cluster and a manager on it.
+tests/conftest.py loads this module as a plugin, so its fixtures reach every test: the
+session's ``redis_cluster``, and ``backend`` / ``url`` to run a test on both topologies.
+``cluster_manager(cluster)`` / ``async_cluster_manager(cluster)`` give an emptied cluster
+and a manager on it.
 """
 
 from __future__ import annotations
@@ -220,28 +221,30 @@ class Cluster:
         self.stop()
 
 
-_shared: list[Cluster] = []  # the session's cluster, however many modules import the fixture
-_users = [0]
-
-
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A 3-primary, 3-replica cluster shared by the whole test session.
+    """A 3-primary, 3-replica cluster shared by the whole test session."""
+    with Cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
 
-    Importing this fixture into a conftest and a test module registers it twice; both then
-    share one cluster, started once.
-    """
-    if not _shared:
-        cluster = Cluster(tmp_path_factory.mktemp("cluster"))
-        cluster.start()
-        _shared.append(cluster)
-    _users[0] += 1
-    try:
-        yield _shared[0]
-    finally:
-        _users[0] -= 1
-        if _users[0] == 0:
-            _shared.pop().stop()
+
+@pytest.fixture(params=["single", "cluster"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Run the test on the suite's single server and again on its cluster."""
+    return str(request.param)
+
+
+@pytest.fixture
+def url(backend: str, request: pytest.FixtureRequest) -> str:
+    """The URL of ``backend``, emptied for this test (the suite started both servers)."""
+    if backend == "cluster":
+        cluster: Cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        return cluster.url
+    server: RedisServer = request.getfixturevalue("redis_server")
+    with redis.Redis.from_url(server.url) as client:
+        client.flushall()
+    return server.url
 
 
 def cluster_manager(

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
+
 from redsession.core.base import Core
 from redsession.core.sessions import checked_scope, checked_state
 from redsession.errors import ConcurrentModification, InvalidInput, PayloadTooLarge
@@ -90,36 +92,54 @@ def _append(
     return n
 
 
-def _items(core: Core, items: object, at: datetime, ids: object) -> tuple[list[Item], list[bytes]]:
-    """Check framework items and encode their records; times ``at``, ``at`` + 1 µs, ...
-    (distinct, so that a merge, which orders by time, keeps their order)."""
+def _items(
+    core: Core, items: object, at: datetime, ids: object, times: object = None
+) -> tuple[list[Item], list[bytes]]:
+    """Check framework items and encode their records. Their times are ``times`` (one per
+    item, e.g. a framework event's own) or ``at``, ``at`` + 1 µs, ...: distinct, so that a
+    merge, which orders by time, keeps their order."""
     s = core.settings
     if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Sequence):
         raise InvalidInput("items must be a list of JSON objects")
     if len(items) > s.max_append_items:
         raise PayloadTooLarge(f"{len(items)} items in one call; the limit is {s.max_append_items}")
-    if ids is not None:
-        if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence) or len(ids) != len(items):
-            raise InvalidInput("ids must be a list with one id per item")
-        given = [check.entry_id(i) for i in ids]
+    given = _one_each(ids, items, "ids")
+    if given is not None:
+        given = [check.entry_id(i) for i in given]
         if len(set(given)) != len(given):
             raise InvalidInput("ids repeat an id")
+    stamps = _one_each(times, items, "times")
+    if stamps is not None:
+        for when in stamps:
+            if not isinstance(when, datetime) or when.tzinfo is None:
+                raise InvalidInput(f"times must be aware datetimes, not {check.show(when)}")
     models, records = [], []
     for n, item in enumerate(items):
         data = check.json_object(
             item, f"item {n}", max_bytes=s.max_message_bytes, max_depth=s.max_json_depth
         )
-        rid = check.new_entry_id() if ids is None else given[n]
-        when = at + n * _US
+        rid = check.new_entry_id() if given is None else given[n]
+        when = at + n * _US if stamps is None else stamps[n]
         models.append(Item.model_validate({"id": rid, "timestamp": when, "item": item}))
         records.append(encode_item(rid, when, data, core.cipher))
     return models, records
+
+
+def _one_each(values: object, items: Sequence[object], what: str) -> list[Any] | None:
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or (
+        len(values) != len(items)
+    ):
+        raise InvalidInput(f"{what} must be a list with one per item")
+    return list(values)
 
 
 def append_items(
     core: Core, session_id: str, items: Sequence[Mapping[str, Any]], user_id: str | None,
     ids: Sequence[str] | None, topics: Sequence[str] | None, create_for: str | None,
     state: Mapping[str, Any] | None = None, scope: Mapping[str, str] | None = None,
+    times: Sequence[datetime] | None = None,
 ) -> Op[list[Item]]:  # fmt: skip
     """Append framework items and set session ``state`` keys with them, in one script;
     ``create_for`` creates a missing session for that user, with ``scope``."""
@@ -129,7 +149,7 @@ def append_items(
     fields = state_fields(checked_state(core, state), core.cipher)
     sc = scope_field(checked_scope(core, scope))
     t = core.stamp()
-    models, records = _items(core, items, from_us(t.now), ids)
+    models, records = _items(core, items, from_us(t.now), ids, times)
     if not records and not fields:
         return []
     yield from _append(core, sid, owner, records, tops, t, create, sc, fields)
@@ -141,12 +161,36 @@ def get_items(
 ) -> Op[list[dict[str, Any]]]:
     """The newest ``limit`` items as a framework reads them (None: all; 0 or less: none).
 
-    An interaction is two items, so the newest ``limit`` entries hold enough of them.
+    An interaction is two items, so the newest ``limit`` entries hold enough of them. Items
+    are opaque to redsession, so the records are parsed as plain JSON (they were checked on
+    the way in), not validated into models: what a framework wants back is the dicts.
     """
+    sid, owner = check.session_id(session_id), core.owner(user_id)
     n = None if limit is None else max(0, check.integer(limit, "limit"))
-    entries = yield from get_history(core, session_id, n, None, user_id, touch)
-    items = as_items(entries)
+    t = core.stamp()
+    read = lambda s: core.store.history(s, owner, t, n, None, touch=touch)  # noqa: E731
+    raw = yield from core.follow(sid, read)
+    items = as_items(core.decode(raw)) if core.cipher.enabled else _plain_items(raw, core)
     return items if n is None else items[len(items) - n :] if n else []
+
+
+def _plain_items(raw: Sequence[bytes], core: Core) -> list[dict[str, Any]]:
+    try:
+        entries = orjson.loads(b"[" + b",".join(raw) + b"]")
+    except orjson.JSONDecodeError:
+        entries = None
+    out: list[dict[str, Any]] = []
+    for e in entries or ():
+        kind = e.get("kind") if type(e) is dict else None
+        if kind == "item" and type(e.get("item")) is dict:
+            out.append(e["item"])
+        elif kind == "interaction" and type(e.get("user_message")) is str:
+            out.append({"role": "user", "content": e["user_message"]})
+            if e.get("assistant_response") is not None:
+                out.append({"role": "assistant", "content": e["assistant_response"]})
+        else:  # written before the layout, or not ours: the models say what it is
+            return as_items(core.decode(raw))
+    return out
 
 
 def history_since(

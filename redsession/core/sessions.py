@@ -27,6 +27,7 @@ from redsession.storage.walk import IndexWalk
 def create_session(
     core: Core, user_id: str, context: Mapping[str, Any] | None, session_id: str | None,
     state: Mapping[str, Any] | None = None, scope: Mapping[str, str] | None = None,
+    reuse_deleted: bool = False,
 ) -> Op[Session]:  # fmt: skip
     uid = check.user_id(user_id)
     sid = check.new_session_id() if session_id is None else check.session_id(session_id)
@@ -35,7 +36,9 @@ def create_session(
     st, sc = checked_state(core, state), checked_scope(core, scope)
     t = core.stamp()
     fields = state_fields(st, core.cipher)
-    yield from core.store.create(sid, uid, data, t.now, t, scope_field(sc), fields)
+    if not isinstance(reuse_deleted, bool):
+        raise InvalidInput(f"reuse_deleted must be a bool, not {check.show(reuse_deleted)}")
+    yield from core.store.create(sid, uid, data, t.now, t, scope_field(sc), fields, reuse_deleted)
     return Session(
         session_id=sid, user_id=uid, total_interactions=0, created_at=from_us(t.now),
         last_activity=from_us(t.now), expires_at=from_us(t.expires), context=dict(ctx),

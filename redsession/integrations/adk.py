@@ -19,10 +19,11 @@ lets two users reuse one id; the triple maps onto redsession deterministically:
 State follows ADK's rules. Session state is the session's state fields, set with the event
 that carries the delta in the same script; ``user:`` state is the owner's preferences, and
 ``app:`` state the preferences of the app's own id (``adk-app:<app>``), both one hash field
-per key, so concurrent deltas to different keys never lose one another; ``temp:`` state is
-never stored. Appending an event is O(1) in the session's length (ADK's own Redis service
-rewrites the whole session on every event), every read and write slides the expiry, and all
-of a session's keys share one slot, so it runs on Redis Cluster.
+per key, so concurrent deltas to different keys never lose one another, and a ``None``
+value removes its key (ADK's services store ``None``; a session key keeps it here too);
+``temp:`` state is never stored. Appending an event is O(1) in the session's length (ADK's
+own Redis service rewrites the whole session on every event), every read and write slides
+the expiry, and all of a session's keys share one slot, so it runs on Redis Cluster.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ _ENTRY_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # with the event that set it; never shown as ADK state.
 _UPDATED = "redsession.adk.last_update_time"
 _PAGE = 1000
+_ALL = 1 << 40  # "every event": more than any history holds
 
 
 def _digest(*parts: str) -> str:
@@ -108,17 +110,26 @@ def _events(entries: list[Interaction | Item]) -> list[Event]:
     for e in entries:
         at = e.timestamp.timestamp()
         if isinstance(e, Item):
-            try:
-                out.append(Event.model_validate(e.item))
-                continue
-            except ValidationError:
+            event = _own_event(e.item)
+            if event is None:  # another framework's item: a chat message if it reads as one
                 role, text = str(e.item.get("role", "user")), str(e.item.get("content", e.item))
-                out.append(_message(f"{e.id}", role, text, at))
-                continue
+                event = _message(e.id, role, text, at)
+            out.append(event)
+            continue
         out.append(_message(f"{e.id}-u", "user", e.user_message, at))
         if e.assistant_response is not None:
             out.append(_message(f"{e.id}-a", "assistant", e.assistant_response, at))
     return out
+
+
+def _own_event(item: dict[str, Any]) -> Event | None:
+    """An item this service stored (an Event's dump always holds these two), else None."""
+    if "author" not in item or "invocation_id" not in item:
+        return None
+    try:
+        return Event.model_validate(item)
+    except ValidationError:
+        return None
 
 
 def _message(eid: str, role: str, text: str, at: float) -> Event:
@@ -173,7 +184,8 @@ class RedsessionSessionService(BaseSessionService):
         state: dict[str, Any] | None = None,
         session_id: str | None = None,
     ) -> Session:
-        sid = session_id.strip() if session_id else str(uuid.uuid4())
+        # Ids are stripped on every call, as ADK's in-memory service does: " s1 " is "s1".
+        sid = (session_id or "").strip() or str(uuid.uuid4())
         app, user, own = _split(state or {})
         scope = {"framework": "adk", "app": app_name, "user": user_id, "id": sid}
         now = datetime.now(timezone.utc).timestamp()
@@ -182,6 +194,7 @@ class RedsessionSessionService(BaseSessionService):
             await self.manager.create_session(
                 owner_of(app_name, user_id), session_id=session_key(app_name, user_id, sid),
                 state={**own, _UPDATED: now}, scope=scope,
+                reuse_deleted=True,  # as ADK's services do: an id deleted can be made again
             )  # fmt: skip
         except SessionExists as e:
             raise AlreadyExistsError(f"Session with id {sid} already exists.") from e
@@ -200,22 +213,26 @@ class RedsessionSessionService(BaseSessionService):
         session_id: str,
         config: GetSessionConfig | None = None,
     ) -> Session | None:
+        session_id = session_id.strip()
         key, owner = session_key(app_name, user_id, session_id), owner_of(app_name, user_id)
         n = None if config is None else config.num_recent_events
         after = None if config is None else config.after_timestamp
         try:
-            stored = await self.manager.resume_session(key, owner, history=0)  # slides expiry
-            if n == 0:
-                entries: list[Interaction | Item] = []
-            elif after is not None:
+            if after is None:  # one script: the session, its newest events, a slid expiry
+                stored = await self.manager.resume_session(
+                    key, owner, history=_ALL if n is None else n
+                )
+                entries = list(stored.history)
+            else:  # events are stored at their own times: the read is O(what it returns)
+                stored = await self.manager.resume_session(key, owner, history=0)
                 since = datetime.fromtimestamp(after, timezone.utc)
-                entries = await self.manager.history_since(key, since, user_id=owner)
-            else:
-                entries = await self.manager.get_history(key, limit=n, user_id=owner)
+                entries = (
+                    [] if n == 0 else await self.manager.history_since(key, since, user_id=owner)
+                )
         except SessionNotFound:
             return None
         events = _events(entries)
-        if after is not None:  # an event's own time, not the time it was stored
+        if after is not None:  # an event's own time (one written by other means: its record's)
             events = [e for e in events if e.timestamp >= after]
         if n is not None:
             events = events[len(events) - n :] if n else []
@@ -272,6 +289,7 @@ class RedsessionSessionService(BaseSessionService):
             return None
 
     async def delete_session(self, *, app_name: str, user_id: str, session_id: str) -> None:
+        session_id = session_id.strip()
         key, owner = session_key(app_name, user_id, session_id), owner_of(app_name, user_id)
         try:
             await self.manager.delete_session(key, user_id=owner)
@@ -298,11 +316,15 @@ class RedsessionSessionService(BaseSessionService):
         ids = [event.id] if _ENTRY_ID.fullmatch(event.id or "") else None
         try:
             await self.manager.append_items(
-                key, [item], user_id=owner, ids=ids, state={**own, _UPDATED: event.timestamp}
-            )
+                key, [item], user_id=owner, ids=ids, state={**own, _UPDATED: event.timestamp},
+                times=[datetime.fromtimestamp(event.timestamp, timezone.utc)],  # its own time
+            )  # fmt: skip
         except SessionNotFound as e:
             raise SessionNotFoundError(f"Session {session.id} not found.") from e
         await self._set_shared(session.app_name, session.user_id, app, user)
         event = await super().append_event(session, event)
+        for prefix, part in ((State.APP_PREFIX, app), (State.USER_PREFIX, user)):
+            for k in (k for k, v in part.items() if v is None):  # removed: see the docstring
+                session.state.pop(prefix + k, None)
         session.last_update_time = event.timestamp
         return event

@@ -319,7 +319,10 @@ def _client(url: str | None, settings: Settings, f: _Flavour) -> Any:
             return f.single.from_pool(pool)  # the client owns (and closes) the pool
         if t.kind == "cluster":
             nodes = [f.node(h, p) for h, p in t.nodes]
-            return f.cluster(startup_nodes=nodes, **opts, **_auth(t))
+            # Per node; like the pool's, beyond it a call fails instead of queueing forever.
+            return f.cluster(
+                startup_nodes=nodes, max_connections=settings.max_connections, **opts, **_auth(t)
+            )
         sentinel_opts = {k: v for k, v in opts.items() if k != "decode_responses"}
         sentinel = f.sentinel(list(t.nodes), sentinel_kwargs=sentinel_opts)
         return sentinel.master_for(

@@ -139,6 +139,11 @@ class AsyncDriver:
     async def run(self, op: Op[T]) -> T:
         client = self.client_for_loop()
         try:
+            if isinstance(client, redis.asyncio.RedisCluster):
+                # Concurrent first calls on a new cluster client race its own start-up (some
+                # fail with "Connection closed by server"); initialize() is one flag test once
+                # the client is set up.
+                await client.initialize()
             cmd = next(op)
             while True:
                 cmd = op.send(await self._execute(client, cmd))

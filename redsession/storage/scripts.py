@@ -140,13 +140,20 @@ def _new_hash(uid: str, context: str, created: str) -> str:
 
 
 # ARGV[7] user id, ARGV[8] context JSON, ARGV[9] created_at (µs), ARGV[10] scope (JSON,
-# '' = none), ARGV[11..] session state fields and values ("state:<key>", JSON).
+# '' = none), ARGV[11] '1' to reuse the id of a session this user deleted (its tombstone
+# goes; a merged one, or another user's, still refuses), ARGV[12..] session state fields
+# and values ("state:<key>", JSON).
 CREATE = _session(
     "create",
     f"""
-if redis.call('EXISTS', HASH, TOMB) > 0 then return {{'exists'}} end
+if redis.call('EXISTS', HASH) == 1 then return {{'exists'}} end
+local tomb = redis.call('GET', TOMB)
+if tomb then
+  if ARGV[11] ~= '1' or tomb ~= 'deleted ' .. ARGV[7] then return {{'exists'}} end
+  redis.call('DEL', TOMB)
+end
 {_new_hash("ARGV[7]", "ARGV[8]", "ARGV[9]")}
-fields(10, 11, #ARGV)
+fields(10, 12, #ARGV)
 expire()
 index(ARGV[7], true)
 return {{'ok'}}

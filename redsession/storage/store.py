@@ -89,10 +89,14 @@ class Store:
 
     def create(
         self, sid: str, uid: str, context: bytes, created: int, t: Stamp,
-        scope: bytes = b"", state: Sequence[bytes | str] = (),
+        scope: bytes = b"", state: Sequence[bytes | str] = (), reuse_deleted: bool = False,
     ) -> Op[None]:  # fmt: skip
-        """A new session; ``state`` is field/value pairs ("state:<key>", sealed JSON)."""
-        yield from self._run(scripts.CREATE, sid, None, t, uid, context, created, scope, *state)
+        """A new session; ``state`` is field/value pairs ("state:<key>", sealed JSON).
+        ``reuse_deleted``: the id may be one this user deleted (see scripts.CREATE)."""
+        reuse = "1" if reuse_deleted else "0"
+        yield from self._run(
+            scripts.CREATE, sid, None, t, uid, context, created, scope, reuse, *state
+        )
         yield from self._index(sid, uid, t, created=True)
 
     def fetch(
