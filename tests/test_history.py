@@ -80,7 +80,8 @@ def test_an_interaction_reads_as_two_items(m: SessionManager) -> None:
 
 
 @pytest.mark.parametrize(
-    ("limit", "count"), [(None, 5), (0, 0), (-1, 0), (-100, 0), (1, 1), (2, 2), (3, 3), (99, 5)]
+    ("limit", "count"),
+    [(None, 5), (0, 0), (-1, 0), (-100, 0), (1, 1), (2, 2), (4, 4), (5, 5), (6, 5), (99, 5)],
 )
 def test_get_items_limit(m: SessionManager, limit: int | None, count: int) -> None:
     sid = m.create_session("alice").session_id

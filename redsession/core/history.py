@@ -171,7 +171,7 @@ def get_items(
     read = lambda s: core.store.history(s, owner, t, n, None, touch=touch)  # noqa: E731
     raw = yield from core.follow(sid, read)
     items = as_items(core.decode(raw)) if core.cipher.enabled else _plain_items(raw, core)
-    return items if n is None else items[len(items) - n :] if n else []
+    return items if n is None else items[-n:] if n else []
 
 
 def _plain_items(raw: Sequence[bytes], core: Core) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ A thin adapter: each method is one AsyncSessionManager call. The SDK's items go 
 session's one history beside interactions logged by other means (an interaction reads as two
 items, the user's and the assistant's). A session that does not exist yet is created for
 ``user_id`` on its first write; one that belongs to another user raises PermissionDenied.
+Session ids are redsession's (1-128 of ``A-Z a-z 0-9 _ -``), checked when the object is made.
 Works from any event loop (``Runner.run_sync`` included) when the manager was made with
 ``AsyncSessionManager.from_url``: it keeps one Redis client per loop.
 """
@@ -17,7 +18,7 @@ Works from any event loop (``Runner.run_sync`` included) when the manager was ma
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from agents.items import TResponseInputItem
 from agents.memory.session import SessionABC
@@ -28,7 +29,14 @@ from agents.memory.session_settings import (
 )
 
 from redsession.async_manager import AsyncSessionManager
-from redsession.errors import InvalidInput, PermissionDenied, SessionMerged, SessionNotFound
+from redsession.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    PermissionDenied,
+    SessionMerged,
+    SessionNotFound,
+)
+from redsession.model import validation
 
 
 class RedsessionSession(SessionABC):
@@ -43,9 +51,11 @@ class RedsessionSession(SessionABC):
         user_id: str,
         session_settings: SessionSettings | Mapping[str, Any] | None = None,
     ) -> None:
-        self.session_id = session_id
+        # Checked here, where the mistake is made (InvalidSessionId, a ValueError), not on
+        # the first call, where add_items would have reported it as an item's TypeError.
+        self.session_id = validation.session_id(session_id)
         self.manager = manager
-        self.user_id = user_id
+        self.user_id = validation.user_id(user_id)
         # As the SDK's own sessions do: a dict is coerced (unknown keys raise TypeError).
         self.session_settings = (
             SessionSettings()
@@ -101,8 +111,8 @@ class RedsessionSession(SessionABC):
                 user_id=self.user_id,
                 create_for=self.user_id,
             )
-        except InvalidInput as e:  # not JSON: the SDK's own sessions raise TypeError here
-            raise TypeError(str(e)) from e
+        except InvalidInput as e:
+            _raise_for_items(e)
 
     async def pop_item(self, *, wrapper: Any = None) -> TResponseInputItem | None:
         """Remove and return the newest item; None when there is none."""
@@ -123,11 +133,9 @@ class RedsessionSession(SessionABC):
     async def _atomic_replace_items(self, items: list[TResponseInputItem]) -> bool:
         """The compaction hook: the whole history becomes ``items`` in one step."""
         try:
-            await self.manager.replace_history(
-                self.session_id, items, user_id=self.user_id
-            )
+            await self.manager.replace_history(self.session_id, items, user_id=self.user_id)
         except InvalidInput as e:
-            raise TypeError(str(e)) from e
+            _raise_for_items(e)
         except SessionNotFound as e:
             _raise_unless_missing(e)
             await self.add_items(items)  # a session compacted before its first write
@@ -137,6 +145,14 @@ class RedsessionSession(SessionABC):
         """Close the manager if ``from_url`` made it (a shared one is the caller's to close)."""
         if self._owned:
             await self.manager.close()
+
+
+def _raise_for_items(e: InvalidInput) -> NoReturn:
+    """Items that are not JSON raise TypeError, as json.dumps does in the SDK's own sessions;
+    a size limit (PayloadTooLarge) is not a type error and keeps its own (ValueError) type."""
+    if isinstance(e, PayloadTooLarge):
+        raise e
+    raise TypeError(str(e)) from e
 
 
 def _raise_unless_missing(e: SessionNotFound) -> None:

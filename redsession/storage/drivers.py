@@ -7,6 +7,7 @@ driver runs it to completion on a redis-py client, sync or asyncio, standalone o
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -115,26 +116,39 @@ class AsyncDriver:
         self._others: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
+        self._lock = threading.Lock()
 
     def client_for_loop(self) -> AsyncClient:
         """The client of the running event loop."""
         if self._factory is None:
             return self.client
         loop = asyncio.get_running_loop()
-        if self._home is None or self._home is loop:
-            self._home = loop
-            return self.client
-        if self._home.is_closed():  # its loop is gone, and its connections with it
-            self.client, self._home = self._factory(), loop
-            return self.client
-        other = self._others.get(loop)
-        if other is None:
-            other = self._others[loop] = self._factory()
-        return other
+        with self._lock:  # threads with loops of their own ask at once
+            if self._home is None or self._home is loop:
+                self._home = loop
+                return self.client
+            self._forget_closed_loops()
+            if self._home.is_closed():  # its loop is gone, and its connections with it
+                self.client = self._others.pop(loop, None) or self._factory()
+                self._home = loop
+                return self.client
+            other = self._others.get(loop)
+            if other is None:
+                other = self._others[loop] = self._factory()
+            return other
+
+    def _forget_closed_loops(self) -> None:
+        # A client holds its loop (through its streams), so its weak key alone never lets
+        # go: drop the clients of closed loops, whose sockets close as they are collected.
+        for gone in [loop for loop in self._others if loop.is_closed()]:
+            del self._others[gone]
 
     async def close(self) -> None:
         """Close the running loop's client (another loop's cannot be closed from here)."""
-        await self.client_for_loop().aclose()
+        client = self.client_for_loop()
+        with self._lock:
+            self._forget_closed_loops()
+        await client.aclose()
 
     async def run(self, op: Op[T]) -> T:
         client = self.client_for_loop()
