@@ -193,7 +193,6 @@ def server() -> Iterator[RedisServer]:
 def machine() -> dict[str, str]:
     """What the figures were measured on: CPU, cores, memory, and the software versions."""
     import hiredis
-    import msgspec
     import orjson
     import pydantic
     import redis
@@ -230,7 +229,6 @@ def machine() -> dict[str, str]:
         "redis-py": redis.__version__,
         "hiredis": getattr(hiredis, "__version__", "installed"),
         "orjson": orjson.__version__,
-        "msgspec": msgspec.__version__,
         "pydantic": pydantic.VERSION,
         "server": f"{binary} ({version})",
     }

@@ -39,6 +39,7 @@ from redsession.model.models import (
     from_us,
     to_us,
 )
+from redsession.storage.commands import raw_hash
 from redsession.storage.keys import Keys
 
 K = Keys()
@@ -159,10 +160,15 @@ HASH = {
 }  # fmt: skip
 
 
+def stored(h: dict[str, str]) -> dict[str, bytes]:
+    """A hash as the store reads it (storage.commands.raw_hash: values as bytes)."""
+    return raw_hash([x for kv in h.items() for x in kv])
+
+
 def test_session_from_hash_equals_the_validated_model() -> None:
     records = [_rec(b',"user_message": "hi"}')]
     history = decode_history(records, PLAIN)
-    got = session_from_hash("s1", dict(HASH), records, PLAIN)
+    got = session_from_hash("s1", stored(HASH), records, PLAIN)
     want = Session(
         session_id="s1", user_id="u1", total_interactions=2, created_at=T0, last_activity=T0,
         expires_at=T0 + timedelta(days=7), context={"a": [1, {"b": None}]}, topics=["x"],
@@ -170,7 +176,7 @@ def test_session_from_hash_equals_the_validated_model() -> None:
     )  # fmt: skip
     assert got == want
     assert got.model_dump_json() == want.model_dump_json()
-    rec = record_from_hash("s1", dict(HASH), PLAIN)
+    rec = record_from_hash("s1", stored(HASH), PLAIN)
     assert rec == SessionRecord.model_validate(want.model_dump(exclude={"expires_at", "history"}))
     summary = summary_from_row("s1", dict(HASH))
     assert summary == SessionSummary.model_validate(
@@ -193,7 +199,7 @@ def test_session_from_hash_equals_the_validated_model() -> None:
     ],
 )
 def test_malformed_hashes_are_corrupt_data(change: dict[str, Any]) -> None:
-    h = {k: v for k, v in {**HASH, **change}.items() if v is not None}
+    h = stored({k: v for k, v in {**HASH, **change}.items() if v is not None})
     with pytest.raises(CorruptData, match="'s1'"):
         session_from_hash("s1", h, [], PLAIN)
     with pytest.raises(CorruptData, match="'s1'"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Annotated
 
@@ -193,7 +192,7 @@ def merge_sessions(
         merged_from = list(dict.fromkeys((*p.merged_from, s_id, *s_rec.merged_from)))
         sources = b"" if merged_from == p.merged_from else orjson.dumps(merged_from)
         t = core.stamp(activity=to_us(s_rec.last_activity))
-        t = dataclasses.replace(t, expires=max(t.expires, to_us(s_doc.expires_at)))
+        t = t._replace(expires=max(t.expires, to_us(s_doc.expires_at)))
         status = yield from core.store.merge_into(
             p_id, owner, p.version, context, to_us(s_rec.created_at), sources,
             state_fields(s_rec.state, core.cipher), records, s_rec.topics, t,

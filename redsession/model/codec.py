@@ -57,9 +57,26 @@ def loads(data: bytes | str, what: str) -> Any:
         raise CorruptData(f"{what} in Redis is not valid JSON: {e}") from e
 
 
+def _iso(dt: datetime) -> bytes:
+    """``dt`` in UTC as a quoted JSON string, always "2026-12-02T16:48:00.123456Z" (27 bytes
+    inside the quotes). orjson writes it in C; it leaves out a zero fraction, so a whole
+    second takes the slow way."""
+    if dt.tzinfo is not timezone.utc:
+        dt = dt.astimezone(timezone.utc)
+    if dt.microsecond:
+        return orjson.dumps(dt, option=orjson.OPT_UTC_Z)
+    return b'"' + dt.isoformat(timespec="microseconds")[:26].encode() + b'Z"'
+
+
+def _when(us: int) -> bytes:
+    """Microseconds since the epoch as _iso does (the hash's times; one call, it is hot)."""
+    dt = from_us(us)
+    return orjson.dumps(dt, option=orjson.OPT_UTC_Z) if us % 1_000_000 else _iso(dt)
+
+
 def record_time(dt: datetime) -> bytes:
     """A record's time: fixed width, so byte order is time order."""
-    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")[:26].encode() + b"Z"
+    return _iso(dt)[1:-1]
 
 
 def _record(dt: datetime, rid: str, kind: bytes, rest: bytes, cipher: Cipher) -> bytes:
@@ -119,13 +136,24 @@ def _entry_json(rec: bytes, cipher: Cipher) -> bytes:
     return b'{"kind":"interaction",' + body[1:] if body[:1] == b"{" else body
 
 
-def _history_json(raw: Sequence[bytes | str], cipher: Cipher, plain: bool = False) -> bytes:
-    """The records as one JSON array of entries. ``plain``: every record is known to be its
-    entry's JSON already (nothing sealed, nothing old), so they are only joined."""
-    recs = [r.encode() if isinstance(r, str) else r for r in raw]
-    if not plain:
-        recs = [_entry_json(r, cipher) for r in recs]
-    return b"[" + b",".join(recs) + b"]"
+def _array(
+    head: bytes, raw: Sequence[bytes | str], tail: bytes, cipher: Cipher, plain: bool
+) -> bytes:
+    """``head`` + the records as entries' JSON, comma-separated + ``tail``, in one copy of
+    the records (a history may be megabytes; each copy is paid for). ``plain``: every record
+    is known to be its entry's JSON already (nothing sealed, nothing old)."""
+    # A client returns all replies as bytes or all as text (decode_responses): one look.
+    if plain and (not raw or type(raw[0]) is bytes):
+        recs: list[bytes] = list(raw)  # type: ignore[arg-type]
+    else:
+        recs = [r.encode() if isinstance(r, str) else r for r in raw]
+        if not plain:
+            recs = [_entry_json(r, cipher) for r in recs]
+    if not recs:
+        return head + tail
+    recs[0] = head + recs[0]
+    recs[-1] = recs[-1] + tail
+    return b",".join(recs)
 
 
 def decode_history(raw: Sequence[bytes | str], cipher: Cipher) -> list[Interaction | Item]:
@@ -133,27 +161,15 @@ def decode_history(raw: Sequence[bytes | str], cipher: Cipher) -> list[Interacti
     try:
         if not cipher.enabled:  # as in _parsed: the records as they are, first
             with contextlib.suppress(ValidationError):
-                return _HISTORY.validate_json(_history_json(raw, cipher, plain=True))
-        return _HISTORY.validate_json(_history_json(raw, cipher))
+                return _HISTORY.validate_json(_array(b"[", raw, b"]", cipher, plain=True))
+        return _HISTORY.validate_json(_array(b"[", raw, b"]", cipher, plain=False))
     except ValidationError as e:
         raise CorruptData(f"a history record in Redis is malformed: {problems(e)}") from e
 
 
 # -- session hashes: read as one JSON document, validated by the models in one call --------
 
-Hash = Mapping[str, bytes | str]
-
-
-def _b(value: bytes | str) -> bytes:
-    return value.encode() if isinstance(value, str) else value
-
-
-def _int(h: Hash, field: str) -> int:
-    return int(h[field])
-
-
-def _when(us: int) -> bytes:
-    return b'"' + record_time(from_us(us)) + b'"'
+Hash = Mapping[str, bytes]  # a session hash as storage.commands.raw_hash gives it
 
 
 def _record_json(sid: str, h: Hash, cipher: Cipher) -> bytes:
@@ -162,18 +178,18 @@ def _record_json(sid: str, h: Hash, cipher: Cipher) -> bytes:
     The hash's JSON fields (context, topics, merged_from, state values, scope) are spliced in
     as they are stored: pydantic parses and checks them once, with the rest.
     """
-    state = b",".join(
+    state = b",".join([
         orjson.dumps(k[len(STATE) :]) + b":" + cipher.open(v, "session state")
         for k, v in h.items()
         if k.startswith(STATE)
-    )
+    ])  # fmt: skip
     return b'"session_id":"%s","user_id":"%s","created_at":%s,"last_activity":%s,' \
         b'"total_interactions":%d,"context":%s,"topics":%s,"version":%d,"merged_from":%s,' \
         b'"state":{%s},"scope":%s' % (
-            sid.encode(), _b(h["user_id"]), _when(_int(h, "created_at")),
-            _when(_int(h, "last_activity")), _int(h, "total_interactions"),
-            cipher.open(h["context"], "a context"), _b(h["topics"]), _int(h, "version"),
-            _b(h["merged_from"]), state, _b(h["scope"]) if "scope" in h else b"null",
+            sid.encode(), h["user_id"], _when(int(h["created_at"])),
+            _when(int(h["last_activity"])), int(h["total_interactions"]),
+            cipher.open(h["context"], "a context"), h["topics"], int(h["version"]),
+            h["merged_from"], state, h.get("scope", b"null"),
         )  # fmt: skip
 
 
@@ -184,8 +200,10 @@ def _parsed(cls: type[M], sid: str, doc: Callable[[bool], bytes], cipher: Cipher
     again, which says what is wrong with a corrupt one."""
     try:
         if not cipher.enabled:
-            with contextlib.suppress(ValidationError):
+            try:
                 return cls.model_validate_json(doc(True))
+            except ValidationError:
+                pass
         return cls.model_validate_json(doc(False))
     except (KeyError, ValueError, OverflowError) as e:  # ValidationError is a ValueError
         if isinstance(e, ValidationError):
@@ -214,21 +232,28 @@ def session_from_hash(
     sid: str, h: Hash, records: Sequence[bytes | str], cipher: Cipher
 ) -> Session:
     """The session and its history (the records given), in one validation."""
-    return _parsed(Session, sid, lambda plain: b'{%s,"expires_at":%s,"history":%s}' % (
-        _record_json(sid, h, cipher), _when(expires_from_hash(sid, h)),
-        _history_json(records, cipher, plain),
-    ), cipher)  # fmt: skip
+
+    def doc(plain: bool) -> bytes:
+        head = b'{%s,"expires_at":%s,"history":[' % (
+            _record_json(sid, h, cipher), _when(expires_from_hash(sid, h))
+        )
+        return _array(head, records, b"]}", cipher, plain)
+
+    return _parsed(Session, sid, doc, cipher)
 
 
 def export_from_hash(
     sid: str, h: Hash, records: Sequence[bytes | str], cipher: Cipher
 ) -> SessionExport:
     """The export document of a session, in one validation."""
-    doc = b'{"session":{%s},"history":%s,"expires_at":%s}'
-    return _parsed(SessionExport, sid, lambda plain: doc % (
-        _record_json(sid, h, cipher), _history_json(records, cipher, plain),
-        _when(expires_from_hash(sid, h)),
-    ), cipher)  # fmt: skip
+
+    def doc(plain: bool) -> bytes:
+        head = b'{"session":{%s},"expires_at":%s,"history":[' % (
+            _record_json(sid, h, cipher), _when(expires_from_hash(sid, h))
+        )
+        return _array(head, records, b"]}", cipher, plain)
+
+    return _parsed(SessionExport, sid, doc, cipher)
 
 
 def _validated(cls: type[M], sid: str, values: dict[str, Any]) -> M:

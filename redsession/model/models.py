@@ -35,7 +35,8 @@ class Interaction(_Model):
     """One exchange: what the user said, what the assistant answered, and its annotations."""
 
     kind: Literal["interaction"] = "interaction"
-    id: str = Field(min_length=1, max_length=128)
+    # Checked where ids come in (validation.entry_id: appends, imports), not on every read.
+    id: str
     timestamp: AwareDatetime
     user_message: str
     assistant_response: str | None = None
@@ -51,7 +52,7 @@ class Item(_Model):
     """
 
     kind: Literal["item"] = "item"
-    id: str = Field(min_length=1, max_length=128)
+    id: str  # as Interaction.id
     timestamp: AwareDatetime
     item: dict[str, Any]
 

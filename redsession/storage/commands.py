@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 T = TypeVar("T")
 Arg = str | bytes | int | float
@@ -29,8 +29,11 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
-@dataclass(frozen=True, slots=True)
-class Eval:
+# The commands are named tuples: as immutable as frozen dataclasses, and 2.5 times cheaper
+# to build (an operation builds one or more on every call).
+
+
+class Eval(NamedTuple):
     """Run one script (EVALSHA, loading it on NOSCRIPT)."""
 
     script: Script
@@ -38,15 +41,13 @@ class Eval:
     args: tuple[Arg, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
+class Batch(NamedTuple):
     """Plain commands, pipelined without MULTI; the reply is the list of their replies."""
 
     commands: tuple[tuple[Arg, ...], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Scan:
+class Scan(NamedTuple):
     """One page of SCAN (on a cluster: over every primary); reply (next cursor or None, keys).
 
     The cursor is opaque to the caller: an int on one server, {node name: int} on a cluster.
@@ -54,12 +55,11 @@ class Scan:
 
     match: str
     type: str
-    count: int
+    page_size: int  # SCAN's COUNT (a tuple has a count method)
     cursor: Any = None
 
 
-@dataclass(frozen=True, slots=True)
-class OnEachPrimary:
+class OnEachPrimary(NamedTuple):
     """One keyless command on every primary (on a single server: on it); reply: their replies."""
 
     command: tuple[Arg, ...]
@@ -81,12 +81,13 @@ def flat_to_dict(flat: Sequence[bytes | str]) -> dict[str, str]:
     return {text(k): text(v) for k, v in zip(it, it)}
 
 
-def raw_hash(flat: Sequence[Any]) -> dict[str, Any]:
-    """A flat [field, value, ...] reply as a dict: field names as text, values as they came."""
+def raw_hash(flat: Sequence[Any]) -> dict[str, bytes]:
+    """A flat [field, value, ...] reply as a dict: field names as text, values as bytes
+    (as stored: some are sealed or JSON), whether or not the client decodes replies."""
     it = iter(flat)
     if flat and type(flat[0]) is bytes:  # what our clients return (decode_responses off)
         return {k.decode(): v for k, v in zip(it, it)}
-    return {text(k): v for k, v in zip(it, it)}
+    return {text(k): v.encode() if isinstance(v, str) else v for k, v in zip(it, it)}
 
 
 def hash_reply(reply: Reply) -> dict[str, str]:

@@ -79,7 +79,7 @@ class SyncDriver:
         return pipe.execute()
 
     def _scan(self, cmd: Scan) -> Reply:
-        kw: dict[str, Any] = {"match": cmd.match, "count": cmd.count, "_type": cmd.type}
+        kw: dict[str, Any] = {"match": cmd.match, "count": cmd.page_size, "_type": cmd.type}
         if not isinstance(self.client, redis.RedisCluster):
             cur, keys = self.client.scan(cmd.cursor or 0, **kw)
             return cur or None, keys
@@ -189,7 +189,7 @@ class AsyncDriver:
         return await pipe.execute()
 
     async def _scan(self, client: AsyncClient, cmd: Scan) -> Reply:
-        kw: dict[str, Any] = {"match": cmd.match, "count": cmd.count, "_type": cmd.type}
+        kw: dict[str, Any] = {"match": cmd.match, "count": cmd.page_size, "_type": cmd.type}
         if not isinstance(client, redis.asyncio.RedisCluster):
             cur, keys = await client.scan(cmd.cursor or 0, **kw)
             return cur or None, keys

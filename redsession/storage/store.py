@@ -8,7 +8,7 @@ server launcher aside).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from redsession.config import Settings
 from redsession.errors import (
@@ -39,9 +39,9 @@ from redsession.storage.upkeep import IndexUpkeep
 SUMMARY_FIELDS = ("user_id", "created_at", "last_activity", "total_interactions", "expires_at")
 
 
-@dataclass(frozen=True, slots=True)
-class Stamp:
-    """The times a write carries: activity score, new expiry, and now (all µs)."""
+class Stamp(NamedTuple):
+    """The times a write carries: activity score, new expiry, and now (all µs). A named
+    tuple, as the commands are (built on every call)."""
 
     activity: int
     expires: int
