@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck pytest test-wheel-server bench bench-smoke clean
+.PHONY: run test lint typecheck pytest test-wheel-server bench bench-smoke bench-instructions clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ bench: $(BENCH_STAMP)
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m bench --smoke
+
+# Client instructions per operation (valgrind), against bench/instructions.json: fails on a
+# regression of more than 10%. `python -m bench.canned --update` rewrites the baseline.
+bench-instructions: $(STAMP)
+	$(BIN)/python -m bench.canned --check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

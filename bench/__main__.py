@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from bench import harness, report, suite
 from bench.harness import FULL, SMOKE
 from bench.ops import OPS
 
-SECTIONS = ("ops", "growth", "dump", "memory", "frameworks")
+SECTIONS = ("ops", "instructions", "growth", "dump", "memory", "frameworks")
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
@@ -48,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
             duration=args.duration or budget.duration, rounds=args.rounds or budget.rounds,
             warmup=budget.warmup, processes=budget.processes, concurrency=budget.concurrency,
         )  # fmt: skip
-    sections = tuple(args.section or SECTIONS)
+    # A smoke run leaves out the instruction counts (a minute of valgrind; CI runs them as
+    # `make bench-instructions`) unless asked for.
+    default = tuple(x for x in SECTIONS if x != "instructions") if args.smoke else SECTIONS
+    sections = tuple(args.section or default)
     setups = tuple(args.setup or suite.SETUPS)
     ops = tuple(args.op or OPS)
     complete = (
@@ -77,6 +81,16 @@ def main(argv: list[str] | None = None) -> int:
             targets += report.target_lines(res)
             for name, why in res.skipped.items():
                 tables[-1].notes.append(f"{name} skipped: {why}")
+        if "instructions" in sections:
+            from bench import canned
+
+            if shutil.which("valgrind") is None:
+                targets.append("client CPU: not counted (valgrind is not installed)")
+            else:
+                counts = canned.measure()
+                table, lines = report.instruction_table(counts, canned.LIMIT)
+                tables.append(table)
+                targets += lines
         if "growth" in sections:
             from bench import growth
 

@@ -223,7 +223,7 @@ class _AdkImpl(Impl):
                                              config=config)  # fmt: skip
 
         # The session a runner would append to; the newest events only, for both backends.
-        session = await get(recent)(None)
+        session: Any = await get(recent)(None)
         assert session is not None
         assert len(session.events) == min(length, RECENT)
 

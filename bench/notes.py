@@ -17,11 +17,21 @@ PREAMBLE = """
   the rounds and each ratio is the median of the per-round ratios, so a burst of load from
   other work on the machine hits both sides of a ratio alike. Absolute ops/s on a shared
   2-core machine move by 2x from one minute to the next; the ratios are the result.
-- **The raw limit** is hand-written redis-py doing the same Redis work as redsession (owner
-  check, append, counters, sliding expiry of every key, the per-user, activity, users,
-  expiry and dirty indexes) in one EVALSHA of a minimal Lua script, with no validation and
-  plain dicts out (records decoded with orjson). It is what a careful hand-rolled store
-  could do; the target is redsession >= 0.85x of it on log_interaction and resume.
+- **The hand-rolled store** (`hand-rolled (limit)`, the baseline of every ratio) is
+  hand-written redis-py doing the same Redis work as redsession (owner check, append,
+  counters, sliding expiry of every key, the per-user, activity, users, expiry and dirty
+  indexes) in one EVALSHA of a minimal Lua script, with no validation and plain dicts out
+  (records decoded with orjson). Its client is built as redsession builds its own by default
+  (the same pool class and socket timeouts): what a careful team would write. The target is
+  redsession >= 0.9x of it on log_interaction and resume, in every setup.
+  `hand-rolled, plain client` is the same store on `redis.Redis.from_url` with redis-py's
+  defaults: the ratio against it shows what those settings cost.
+- **Client CPU** is also counted in instructions (valgrind's callgrind) on a canned reply:
+  the reply recorded once from a real server is replayed on a socketpair, so everything the
+  client does runs and no server or network does (bench/canned.py). Instruction counts repeat
+  run after run on a noisy machine, where seconds do not; the target is at most 1.5x the
+  hand-rolled store's count. `make bench-instructions` checks redsession's counts against
+  bench/instructions.json in CI (a regression of more than 10% fails).
 - Setups: one synchronous client; asyncio with 64 concurrent tasks on one event loop
   (`AsyncSessionManager`); 4 processes with a synchronous client each (the aggregate
   rate; latencies pooled). The server shares the machine's 2 cores with the clients.

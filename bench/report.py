@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.harness import Budget, ratio
-from bench.ops import OPS, Raw, Redsession
+from bench.ops import OPS, Raw, RawPlain, Redsession
 from bench.suite import SETUPS, OpsResult
 
 
@@ -59,40 +59,83 @@ def fmt_us(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
 
 
+TARGET = 0.9  # redsession's rate over the hand-rolled store's (issue 15)
+
+
+def _ratio_cell(fig: object, base: object) -> str:
+    return f"{ratio(fig, base):.2f}" if fig is not None and base is not None else "—"  # type: ignore[arg-type]
+
+
 def ops_tables(res: OpsResult, budget: Budget) -> list[Table]:
+    """Per setup: every (operation, impl), with its rate over the hand-rolled store's (the
+    baseline, a client built as redsession builds its own) and over the plain client's."""
     tables = []
     for setup in res.setups:
         t = Table(
             f"Operations — {setup_label(setup, budget)}",
-            ["operation", "implementation", "ops/s", "p50 µs", "p99 µs", "x raw limit"],
-        )
+            ["operation", "implementation", "ops/s", "p50 µs", "p99 µs", "x hand-rolled",
+             "x plain client"],
+        )  # fmt: skip
         for op in OPS:
             base = res.figures.get((setup, op, Raw.name))
+            plain = res.figures.get((setup, op, RawPlain.name))
             for impl in res.order:
                 fig = res.figures.get((setup, op, impl))
                 if fig is None:
                     continue
-                r = f"{ratio(fig, base):.2f}" if base and impl != Raw.name else "1.00"
-                if base is None:
-                    r = "—"
-                t.rows.append([op, impl, fmt_rate(fig.rate), fmt_us(fig.p50), fmt_us(fig.p99), r])
+                t.rows.append([
+                    op, impl, fmt_rate(fig.rate), fmt_us(fig.p50), fmt_us(fig.p99),
+                    "1.00" if impl == Raw.name else _ratio_cell(fig, base),
+                    "1.00" if impl == RawPlain.name else _ratio_cell(fig, plain),
+                ])  # fmt: skip
         tables.append(t)
     return tables
 
 
 def target_lines(res: OpsResult) -> list[str]:
-    """The issue's target: redsession >= 0.85x the raw limit on log_interaction and resume."""
+    """The target: redsession >= 0.9x the hand-rolled store on log_interaction and resume,
+    in every setup; the ratio against the plain client is shown beside it."""
     out = []
     for setup in res.setups:
         for op in ("log_interaction", "resume"):
             ours = res.figures.get((setup, op, Redsession.name))
             base = res.figures.get((setup, op, Raw.name))
+            plain = res.figures.get((setup, op, RawPlain.name))
             if ours and base:
                 r = ratio(ours, base)
-                verdict = "meets" if r >= 0.85 else "MISSES"
-                # three decimals: 0.846 printed as 0.85 would read as a pass
-                out.append(f"{setup}: {op} at {r:.3f}x the raw limit — {verdict} the 0.85x target")
+                verdict = "meets" if r >= TARGET else "MISSES"
+                against_plain = f" ({ratio(ours, plain):.3f}x the plain client)" if plain else ""
+                # three decimals: 0.896 printed as 0.90 would read as a pass
+                out.append(
+                    f"{setup}: {op} at {r:.3f}x the hand-rolled store{against_plain} — "
+                    f"{verdict} the {TARGET}x target"
+                )
     return out
+
+
+def instruction_table(counts: dict[str, dict[str, int]], limit: float) -> tuple[Table, list[str]]:
+    """Client instructions per operation on a canned reply (bench/canned.py), and the target
+    lines: redsession at most ``limit`` times the hand-rolled store's count."""
+    t = Table(
+        "Client CPU per operation — instructions on a canned reply (callgrind)",
+        ["operation", "implementation", "instructions", "x hand-rolled"],
+    )
+    lines = []
+    for op in ("log_interaction", "resume"):
+        base = counts["hand-rolled"][op]
+        for impl, by_op in counts.items():
+            t.rows.append([op, impl, f"{by_op[op]:,}", f"{by_op[op] / base:.3f}"])
+        r = counts["redsession"][op] / base
+        verdict = "meets" if r <= limit else "MISSES"
+        lines.append(
+            f"client CPU: {op} at {r:.3f}x the hand-rolled store's instructions — "
+            f"{verdict} the at-most-{limit}x target"
+        )
+    t.notes.append(
+        "each count is (count(2N) - count(N)) / N over one process's whole run, so start-up "
+        "cancels; counts repeat within 1% between clean runs (PYTHONHASHSEED=0)"
+    )
+    return t, lines
 
 
 def write_markdown(

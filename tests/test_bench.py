@@ -29,7 +29,7 @@ def test_smoke_run_reports_every_operation(tmp_path: Path) -> None:
         for op in ("log_interaction", "resume", "list_active_sessions", "export"):
             for impl in ("redsession", "hand-rolled (limit)"):
                 rows = [r.split() for r in table.splitlines()]
-                assert any(r[0] == op and " ".join(r[1:-4]) == impl for r in rows if r), (op, impl)
+                assert any(r[0] == op and " ".join(r[1:-5]) == impl for r in rows if r), (op, impl)
     for title in (
         "Growth — log_interaction",
         "Growth — resume",
@@ -40,8 +40,27 @@ def test_smoke_run_reports_every_operation(tmp_path: Path) -> None:
     ):
         assert title in proc.stdout
     assert "hand-rolled (limit)" in proc.stdout
+    assert "x plain client" in proc.stdout
     text = out.read_text()
     assert "| log_interaction | redsession |" in text
     assert "**server**" in text
     # A smoke run never overwrites the real report.
     assert (docs.stat().st_mtime_ns if docs.exists() else None) == before
+
+
+def test_the_instruction_targets_read_from_the_counts() -> None:
+    from bench.report import instruction_table
+
+    counts = {
+        "redsession": {"log_interaction": 300, "resume": 151},
+        "hand-rolled": {"log_interaction": 200, "resume": 100},
+        "hand-rolled, plain client": {"log_interaction": 190, "resume": 95},
+    }
+    table, lines = instruction_table(counts, 1.5)
+    assert lines == [
+        "client CPU: log_interaction at 1.500x the hand-rolled store's instructions — "
+        "meets the at-most-1.5x target",
+        "client CPU: resume at 1.510x the hand-rolled store's instructions — "
+        "MISSES the at-most-1.5x target",
+    ]
+    assert ["resume", "hand-rolled, plain client", "95", "0.950"] in table.rows
