@@ -92,10 +92,11 @@ class AsyncSessionManager(ManagerBase):
         state: Mapping[str, Any] | None = None,
         scope: Mapping[str, str] | None = None,
         reuse_deleted: bool = False,
+        op_id: str | None = None,
     ) -> Session:
         return await self.run(
             sessions.create_session(
-                self.core, user_id, context, session_id, state, scope, reuse_deleted
+                self.core, user_id, context, session_id, state, scope, reuse_deleted, op_id
             )
         )
 
@@ -119,16 +120,27 @@ class AsyncSessionManager(ManagerBase):
             sessions.get_session(self.core, session_id, history, user_id, follow_merged)
         )
 
-    async def delete_session(self, session_id: str, *, user_id: str | None = None) -> None:
-        await self.run(sessions.delete_session(self.core, session_id, user_id))
+    async def delete_session(
+        self, session_id: str, *, user_id: str | None = None, op_id: str | None = None
+    ) -> None:
+        await self.run(sessions.delete_session(self.core, session_id, user_id, op_id))
 
     async def update_context(
-        self, session_id: str, patch: Mapping[str, Any], *, user_id: str | None = None
+        self,
+        session_id: str,
+        patch: Mapping[str, Any],
+        *,
+        user_id: str | None = None,
+        op_id: str | None = None,
     ) -> Session:
-        return await self.run(sessions.update_context(self.core, session_id, patch, user_id))
+        return await self.run(
+            sessions.update_context(self.core, session_id, patch, user_id, op_id)
+        )
 
-    async def set_preferences(self, user_id: str, prefs: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.run(sessions.set_preferences(self.core, user_id, prefs))
+    async def set_preferences(
+        self, user_id: str, prefs: Mapping[str, Any], *, op_id: str | None = None
+    ) -> dict[str, Any]:
+        return await self.run(sessions.set_preferences(self.core, user_id, prefs, op_id))
 
     async def get_preferences(self, user_id: str, *, touch: bool = False) -> dict[str, Any]:
         return await self.run(sessions.get_preferences(self.core, user_id, touch))
@@ -192,10 +204,12 @@ class AsyncSessionManager(ManagerBase):
         metadata: Mapping[str, Any] | None = None,
         topics: Sequence[str] | None = None,
         user_id: str | None = None,
+        op_id: str | None = None,
     ) -> Interaction:
         return await self.run(
             history.log_interaction(
-                self.core, session_id, user_message, assistant_response, metadata, topics, user_id
+                self.core, session_id, user_message, assistant_response, metadata, topics, user_id,
+                op_id,
             )
         )
 
@@ -211,11 +225,12 @@ class AsyncSessionManager(ManagerBase):
         state: Mapping[str, Any] | None = None,
         scope: Mapping[str, str] | None = None,
         times: Sequence[datetime] | None = None,
+        op_id: str | None = None,
     ) -> list[Item]:
         return await self.run(
             history.append_items(
                 self.core, session_id, items, user_id, ids, topics, create_for, state, scope,
-                times,
+                times, op_id,
             )
         )
 
@@ -230,9 +245,9 @@ class AsyncSessionManager(ManagerBase):
         return await self.run(history.get_items(self.core, session_id, limit, user_id, touch))
 
     async def pop_item(
-        self, session_id: str, *, user_id: str | None = None
+        self, session_id: str, *, user_id: str | None = None, op_id: str | None = None
     ) -> dict[str, Any] | None:
-        return await self.run(history.pop_item(self.core, session_id, user_id))
+        return await self.run(history.pop_item(self.core, session_id, user_id, op_id))
 
     async def replace_history(
         self,
@@ -240,11 +255,16 @@ class AsyncSessionManager(ManagerBase):
         items: Sequence[Mapping[str, Any]],
         *,
         user_id: str | None = None,
+        op_id: str | None = None,
     ) -> list[Item]:
-        return await self.run(history.replace_history(self.core, session_id, items, user_id))
+        return await self.run(
+            history.replace_history(self.core, session_id, items, user_id, op_id)
+        )
 
-    async def clear_history(self, session_id: str, *, user_id: str | None = None) -> None:
-        await self.run(history.clear_history(self.core, session_id, user_id))
+    async def clear_history(
+        self, session_id: str, *, user_id: str | None = None, op_id: str | None = None
+    ) -> None:
+        await self.run(history.clear_history(self.core, session_id, user_id, op_id))
 
     # -- whole sessions ------------------------------------------------------------------
 
@@ -260,9 +280,16 @@ class AsyncSessionManager(ManagerBase):
         return await self.run(transfer.export(self.core, session_id, user_id, follow_merged))
 
     async def import_session_data(
-        self, doc: object, *, overwrite: bool = False, expect: tuple[int, int] | None = None
+        self,
+        doc: object,
+        *,
+        overwrite: bool = False,
+        expect: tuple[int, int] | None = None,
+        op_id: str | None = None,
     ) -> str:
-        return await self.run(transfer.import_session_data(self.core, doc, overwrite, expect))
+        return await self.run(
+            transfer.import_session_data(self.core, doc, overwrite, expect, op_id)
+        )
 
     async def merge_sessions(
         self,
@@ -271,10 +298,11 @@ class AsyncSessionManager(ManagerBase):
         *,
         user_id: str | None = None,
         allow_cross_user: bool = False,
+        op_id: str | None = None,
     ) -> Session:
         return await self.run(
             transfer.merge_sessions(
-                self.core, primary_id, secondary_id, user_id, allow_cross_user
+                self.core, primary_id, secondary_id, user_id, allow_cross_user, op_id
             )
         )
 

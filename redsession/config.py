@@ -61,6 +61,19 @@ class Settings(BaseSettings):
     # Optimistic context updates retry this often under contention before giving up.
     max_update_retries: int = Field(default=50, gt=0)
 
+    # A call that meets a connection error, a timeout or a failover reply is sent again (with
+    # backoff) until this long has passed; 0 turns retries off. Writes carry operation ids,
+    # so a retried write whose first reply was lost is not applied twice. Long enough to
+    # ride out a Sentinel failover or a Redis restart.
+    retry_deadline: timedelta = Field(default=timedelta(seconds=15), ge=timedelta(0))
+    # A session remembers the operation ids (and first replies) of its writes this long, so a
+    # retry arriving later than this may apply again. Longer than any retry_deadline.
+    op_window: timedelta = Field(default=timedelta(minutes=10), gt=timedelta(0))
+    # The event stream keeps about this many events (XADD MAXLEN ~); 0: write no events.
+    events_maxlen: int = Field(default=100_000, ge=0)
+    # Resumes are frequent and rarely audited: their events are off unless asked for.
+    events_resume: bool = False
+
     # Fernet keys, newest first (env: comma-separated). Set: content is encrypted at rest;
     # the first key encrypts, all decrypt, so a new key can be rolled out before rotate-keys.
     encryption_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)

@@ -103,6 +103,7 @@ class SessionManager(ManagerBase):
         state: Mapping[str, Any] | None = None,
         scope: Mapping[str, str] | None = None,
         reuse_deleted: bool = False,
+        op_id: str | None = None,
     ) -> Session:
         """Create a session for ``user_id``; the id is generated unless ``session_id`` is given.
 
@@ -112,7 +113,7 @@ class SessionManager(ManagerBase):
         """
         return self.run(
             sessions.create_session(
-                self.core, user_id, context, session_id, state, scope, reuse_deleted
+                self.core, user_id, context, session_id, state, scope, reuse_deleted, op_id
             )
         )
 
@@ -146,19 +147,30 @@ class SessionManager(ManagerBase):
             sessions.get_session(self.core, session_id, history, user_id, follow_merged)
         )
 
-    def delete_session(self, session_id: str, *, user_id: str | None = None) -> None:
+    def delete_session(
+        self, session_id: str, *, user_id: str | None = None, op_id: str | None = None
+    ) -> None:
         """Delete the session; a tombstone stops late writes from bringing it back."""
-        self.run(sessions.delete_session(self.core, session_id, user_id))
+        self.run(sessions.delete_session(self.core, session_id, user_id, op_id))
 
     def update_context(
-        self, session_id: str, patch: Mapping[str, Any], *, user_id: str | None = None
+        self,
+        session_id: str,
+        patch: Mapping[str, Any],
+        *,
+        user_id: str | None = None,
+        op_id: str | None = None,
     ) -> Session:
         """Deep-merge ``patch`` into the context (None deletes a key); no patch is lost."""
-        return self.run(sessions.update_context(self.core, session_id, patch, user_id))
+        return self.run(
+            sessions.update_context(self.core, session_id, patch, user_id, op_id)
+        )
 
-    def set_preferences(self, user_id: str, prefs: Mapping[str, Any]) -> dict[str, Any]:
+    def set_preferences(
+        self, user_id: str, prefs: Mapping[str, Any], *, op_id: str | None = None
+    ) -> dict[str, Any]:
         """Merge ``prefs`` into the user's preferences (None removes a key); returns them all."""
-        return self.run(sessions.set_preferences(self.core, user_id, prefs))
+        return self.run(sessions.set_preferences(self.core, user_id, prefs, op_id))
 
     def get_preferences(self, user_id: str, *, touch: bool = False) -> dict[str, Any]:
         return self.run(sessions.get_preferences(self.core, user_id, touch))
@@ -231,11 +243,13 @@ class SessionManager(ManagerBase):
         metadata: Mapping[str, Any] | None = None,
         topics: Sequence[str] | None = None,
         user_id: str | None = None,
+        op_id: str | None = None,
     ) -> Interaction:
         """Append one interaction: one round trip, O(1) in the history length."""
         return self.run(
             history.log_interaction(
-                self.core, session_id, user_message, assistant_response, metadata, topics, user_id
+                self.core, session_id, user_message, assistant_response, metadata, topics, user_id,
+                op_id,
             )
         )
 
@@ -251,6 +265,7 @@ class SessionManager(ManagerBase):
         state: Mapping[str, Any] | None = None,
         scope: Mapping[str, str] | None = None,
         times: Sequence[datetime] | None = None,
+        op_id: str | None = None,
     ) -> list[Item]:
         """Append framework items (JSON objects, stored as given) in one round trip.
 
@@ -262,7 +277,7 @@ class SessionManager(ManagerBase):
         return self.run(
             history.append_items(
                 self.core, session_id, items, user_id, ids, topics, create_for, state, scope,
-                times,
+                times, op_id,
             )
         )
 
@@ -278,9 +293,11 @@ class SessionManager(ManagerBase):
         framework reads them: an interaction is the user's item, then the assistant's."""
         return self.run(history.get_items(self.core, session_id, limit, user_id, touch))
 
-    def pop_item(self, session_id: str, *, user_id: str | None = None) -> dict[str, Any] | None:
+    def pop_item(
+        self, session_id: str, *, user_id: str | None = None, op_id: str | None = None
+    ) -> dict[str, Any] | None:
         """Remove and return the newest item; None when the history is empty."""
-        return self.run(history.pop_item(self.core, session_id, user_id))
+        return self.run(history.pop_item(self.core, session_id, user_id, op_id))
 
     def replace_history(
         self,
@@ -288,13 +305,18 @@ class SessionManager(ManagerBase):
         items: Sequence[Mapping[str, Any]],
         *,
         user_id: str | None = None,
+        op_id: str | None = None,
     ) -> list[Item]:
         """Make ``items`` the whole history in one atomic step (compaction)."""
-        return self.run(history.replace_history(self.core, session_id, items, user_id))
+        return self.run(
+            history.replace_history(self.core, session_id, items, user_id, op_id)
+        )
 
-    def clear_history(self, session_id: str, *, user_id: str | None = None) -> None:
+    def clear_history(
+        self, session_id: str, *, user_id: str | None = None, op_id: str | None = None
+    ) -> None:
         """Remove every history entry; the session, its context and topics stay."""
-        self.run(history.clear_history(self.core, session_id, user_id))
+        self.run(history.clear_history(self.core, session_id, user_id, op_id))
 
     # -- whole sessions ------------------------------------------------------------------
 
@@ -310,7 +332,12 @@ class SessionManager(ManagerBase):
         return self.run(transfer.export(self.core, session_id, user_id, follow_merged))
 
     def import_session_data(
-        self, doc: object, *, overwrite: bool = False, expect: tuple[int, int] | None = None
+        self,
+        doc: object,
+        *,
+        overwrite: bool = False,
+        expect: tuple[int, int] | None = None,
+        op_id: str | None = None,
     ) -> str:
         """Load an export document (dict or JSON); keeps its id and remaining TTL.
 
@@ -318,7 +345,9 @@ class SessionManager(ManagerBase):
         it is still in that state; ConcurrentModification if it changed, SessionNotFound if
         it is gone.
         """
-        return self.run(transfer.import_session_data(self.core, doc, overwrite, expect))
+        return self.run(
+            transfer.import_session_data(self.core, doc, overwrite, expect, op_id)
+        )
 
     def merge_sessions(
         self,
@@ -327,6 +356,7 @@ class SessionManager(ManagerBase):
         *,
         user_id: str | None = None,
         allow_cross_user: bool = False,
+        op_id: str | None = None,
     ) -> Session:
         """Fold ``secondary_id`` into ``primary_id``; the secondary then redirects to it.
 
@@ -334,7 +364,7 @@ class SessionManager(ManagerBase):
         """
         return self.run(
             transfer.merge_sessions(
-                self.core, primary_id, secondary_id, user_id, allow_cross_user
+                self.core, primary_id, secondary_id, user_id, allow_cross_user, op_id
             )
         )
 

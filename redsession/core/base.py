@@ -44,14 +44,25 @@ class Core:
             return time.time_ns() // 1000
         return to_us(self.clock())
 
-    def stamp(self, activity: int | None = None, expires: int | None = None) -> Stamp:
-        """The times a write carries: now, its activity (default now), its new expiry."""
+    def stamp(
+        self, activity: int | None = None, expires: int | None = None, op: str = ""
+    ) -> Stamp:
+        """The times a call carries: now, its activity (default now), its new expiry; and a
+        write's operation id (see ``op``)."""
         now = self.now()
         return Stamp(
             activity=now if activity is None else activity,
             expires=now + self._ttl_us if expires is None else expires,
             now=now,
+            op=op,
         )
+
+    @staticmethod
+    def op(op_id: str | None) -> str:
+        """A write's operation id: the caller's, checked, or a new one. Every script of the
+        call carries it, so the driver's retries (and a caller repeating the call with the
+        same id) apply the write once."""
+        return check.new_entry_id() if op_id is None else check.op_id(op_id)
 
     def json(self, value: object, what: str) -> bytes:
         """``value`` as JSON within the configured size and depth limits."""

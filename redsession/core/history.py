@@ -56,6 +56,7 @@ def get_history(
 def log_interaction(
     core: Core, session_id: str, user_message: str, assistant_response: str | None,
     metadata: Mapping[str, Any] | None, topics: Sequence[str] | None, user_id: str | None,
+    op_id: str | None = None,
 ) -> Op[Interaction]:  # fmt: skip
     s = core.settings
     sid, owner = check.session_id(session_id), core.owner(user_id)
@@ -65,7 +66,7 @@ def log_interaction(
     meta = {} if metadata is None else metadata
     meta_json = core.json(meta, "metadata")
     tops = check.topics(topics, s.max_topics)
-    t = core.stamp()
+    t = core.stamp(op=core.op(op_id))
     interaction = Interaction.model_validate({
         "id": check.new_entry_id(), "timestamp": from_us(t.now),
         "user_message": user_message, "assistant_response": assistant_response,
@@ -139,7 +140,7 @@ def append_items(
     core: Core, session_id: str, items: Sequence[Mapping[str, Any]], user_id: str | None,
     ids: Sequence[str] | None, topics: Sequence[str] | None, create_for: str | None,
     state: Mapping[str, Any] | None = None, scope: Mapping[str, str] | None = None,
-    times: Sequence[datetime] | None = None,
+    times: Sequence[datetime] | None = None, op_id: str | None = None,
 ) -> Op[list[Item]]:  # fmt: skip
     """Append framework items and set session ``state`` keys with them, in one script;
     ``create_for`` creates a missing session for that user, with ``scope``."""
@@ -148,7 +149,7 @@ def append_items(
     tops = check.topics(topics, core.settings.max_topics)
     fields = state_fields(checked_state(core, state), core.cipher)
     sc = scope_field(checked_scope(core, scope))
-    t = core.stamp()
+    t = core.stamp(op=core.op(op_id))
     models, records = _items(core, items, from_us(t.now), ids, times)
     if not records and not fields:
         return []
@@ -210,7 +211,9 @@ def history_since(
     return core.decode((yield from core.follow(sid, read)))
 
 
-def pop_item(core: Core, session_id: str, user_id: str | None) -> Op[dict[str, Any] | None]:
+def pop_item(
+    core: Core, session_id: str, user_id: str | None, op_id: str | None = None
+) -> Op[dict[str, Any] | None]:
     """Remove the newest item and return it (None when the history is empty).
 
     The newest item of an interaction is its assistant's answer: that half is removed and the
@@ -218,8 +221,9 @@ def pop_item(core: Core, session_id: str, user_id: str | None) -> Op[dict[str, A
     newest record, so a racing append is never overwritten).
     """
     sid, owner = check.session_id(session_id), core.owner(user_id)
+    op = core.op(op_id)
     for _ in range(core.settings.max_update_retries):
-        t = core.stamp()
+        t = core.stamp(op=op)
         status, rec = yield from core.store.pop(sid, owner, t)
         if status == "empty" or rec is None:
             return None
@@ -239,16 +243,19 @@ def pop_item(core: Core, session_id: str, user_id: str | None) -> Op[dict[str, A
 
 
 def replace_history(
-    core: Core, session_id: str, items: Sequence[Mapping[str, Any]], user_id: str | None
-) -> Op[list[Item]]:
+    core: Core, session_id: str, items: Sequence[Mapping[str, Any]], user_id: str | None,
+    op_id: str | None = None,
+) -> Op[list[Item]]:  # fmt: skip
     """Make ``items`` the whole history, atomically (compaction); an empty list clears it."""
     sid, owner = check.session_id(session_id), core.owner(user_id)
-    t = core.stamp()
+    t = core.stamp(op=core.op(op_id))
     models, records = _items(core, items, from_us(t.now), None)
     yield from core.store.replace_history(sid, owner, records, t)
     return models
 
 
-def clear_history(core: Core, session_id: str, user_id: str | None) -> Op[None]:
+def clear_history(
+    core: Core, session_id: str, user_id: str | None, op_id: str | None = None
+) -> Op[None]:
     """Remove every entry of the history; the session, its context and topics stay."""
-    yield from replace_history(core, session_id, [], user_id)
+    yield from replace_history(core, session_id, [], user_id, op_id)

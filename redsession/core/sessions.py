@@ -27,14 +27,14 @@ from redsession.storage.walk import IndexWalk
 def create_session(
     core: Core, user_id: str, context: Mapping[str, Any] | None, session_id: str | None,
     state: Mapping[str, Any] | None = None, scope: Mapping[str, str] | None = None,
-    reuse_deleted: bool = False,
+    reuse_deleted: bool = False, op_id: str | None = None,
 ) -> Op[Session]:  # fmt: skip
     uid = check.user_id(user_id)
     sid = check.new_session_id() if session_id is None else check.session_id(session_id)
     ctx = {} if context is None else context
     data = core.cipher.seal(core.json(ctx, "context"))
     st, sc = checked_state(core, state), checked_scope(core, scope)
-    t = core.stamp()
+    t = core.stamp(op=core.op(op_id))
     fields = state_fields(st, core.cipher)
     if not isinstance(reuse_deleted, bool):
         raise InvalidInput(f"reuse_deleted must be a bool, not {check.show(reuse_deleted)}")
@@ -97,18 +97,22 @@ def _fetch(core: Core, sid: str, owner: str | None, *, touch: bool, history: int
     return session_from_hash(sid, h, raw, core.cipher)
 
 
-def delete_session(core: Core, session_id: str, user_id: str | None) -> Op[None]:
+def delete_session(
+    core: Core, session_id: str, user_id: str | None, op_id: str | None = None
+) -> Op[None]:
     sid, owner = check.session_id(session_id), core.owner(user_id)
-    yield from core.store.delete(sid, owner, core.stamp())
+    yield from core.store.delete(sid, owner, core.stamp(op=core.op(op_id)))
 
 
 def update_context(
-    core: Core, session_id: str, patch: Mapping[str, Any], user_id: str | None
-) -> Op[Session]:
+    core: Core, session_id: str, patch: Mapping[str, Any], user_id: str | None,
+    op_id: str | None = None,
+) -> Op[Session]:  # fmt: skip
     sid, owner = check.session_id(session_id), core.owner(user_id)
     core.json(patch, "context patch")
+    op = core.op(op_id)
     for _ in range(core.settings.max_update_retries):
-        t = core.stamp()
+        t = core.stamp(op=op)
         h, _ = yield from core.store.fetch(sid, owner, t, touch=False, history=0)
         current = record_from_hash(sid, h, core.cipher)
         context = apply_patch(current.context, patch)
@@ -127,13 +131,15 @@ def update_context(
 # -- preferences -----------------------------------------------------------------------------
 
 
-def set_preferences(core: Core, user_id: str, prefs: Mapping[str, Any]) -> Op[dict[str, Any]]:
+def set_preferences(
+    core: Core, user_id: str, prefs: Mapping[str, Any], op_id: str | None = None
+) -> Op[dict[str, Any]]:
     """Shallow merge into the user's preferences; a None value removes that key."""
     uid = check.user_id(user_id)
     core.json(prefs, "preferences")
     values = {k: core.cipher.seal(orjson.dumps(v)) for k, v in prefs.items() if v is not None}
     remove = [k for k, v in prefs.items() if v is None]
-    yield from core.store.set_prefs(uid, values, remove)
+    yield from core.store.set_prefs(uid, values, remove, core.stamp(op=core.op(op_id)))
     return (yield from get_preferences(core, uid))
 
 

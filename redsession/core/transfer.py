@@ -34,19 +34,20 @@ from redsession.storage.store import Stamp
 
 def rewrite(
     core: Core, rec: SessionRecord, history: Sequence[Interaction | Item], t: Stamp, *,
-    mode: str, expect: tuple[int, int] | None = None,
+    mode: str, kind: str, expect: tuple[int, int] | None = None,
 ) -> Op[bool]:  # fmt: skip
     """Replace a whole session (hash and history) in one script, under ``core``'s cipher.
 
     ``mode`` 'new' refuses an existing session or tombstone, 'replace' overwrites, 'cas'
     replaces only while the live (version, total) is ``expect``; False on a CAS conflict.
-    ``t.expires`` becomes the session's expiry.
+    ``t.expires`` becomes the session's expiry; ``kind`` names its event (import, restore,
+    rotate).
     """
     records = _records(core, history)
     fields = hash_fields(rec, t.expires, core.cipher)
     return (
         yield from core.store.write(
-            rec.session_id, rec.user_id, fields, records, t, mode=mode, expect=expect
+            rec.session_id, rec.user_id, fields, records, t, mode=mode, kind=kind, expect=expect
         )
     )
 
@@ -134,24 +135,30 @@ def parse_export(core: Core, doc: object) -> SessionExport:
 
 
 def import_session_data(
-    core: Core, doc: object, overwrite: bool, expect: tuple[int, int] | None = None
-) -> Op[str]:
-    """``expect`` (version, total_interactions): replace only that live state (restore)."""
+    core: Core, doc: object, overwrite: bool, expect: tuple[int, int] | None = None,
+    op_id: str | None = None, kind: str = "import",
+) -> Op[str]:  # fmt: skip
+    """``expect`` (version, total_interactions): replace only that live state (restore).
+    ``kind``: the event's ('restore' for the worker's restore)."""
     parsed = parse_export(core, doc)
     rec = parsed.session
     expires = to_us(parsed.expires_at)
-    t = core.stamp(activity=to_us(rec.last_activity), expires=expires)
+    t = core.stamp(activity=to_us(rec.last_activity), expires=expires, op=core.op(op_id))
     if expires <= t.now:
         raise InvalidInput(f"session {rec.session_id!r} expired at {parsed.expires_at}")
     mode = "cas" if expect else "replace" if overwrite else "new"
-    if not (yield from rewrite(core, rec, parsed.history, t, mode=mode, expect=expect)):
+    written = yield from rewrite(
+        core, rec, parsed.history, t, mode=mode, kind=kind, expect=expect
+    )
+    if not written:
         raise ConcurrentModification(f"session {rec.session_id!r} changed; not replaced")
     return rec.session_id
 
 
 def merge_sessions(
-    core: Core, primary_id: str, secondary_id: str, user_id: str | None, allow_cross_user: bool
-) -> Op[Session]:
+    core: Core, primary_id: str, secondary_id: str, user_id: str | None,
+    allow_cross_user: bool, op_id: str | None = None,
+) -> Op[Session]:  # fmt: skip
     """Fold the secondary into the primary: a fence, one atomic fold, a tombstone.
 
     1. FENCE the secondary: from then on its writes are refused with SessionMerged naming the
@@ -162,13 +169,15 @@ def merge_sessions(
        the fold retry (appends never do), since the merged context is computed here.
     3. Tombstone the secondary as merged into the primary.
     A crash after any step leaves a state the same call completes: the fence holds, and the
-    fold deduplicates by id. Once merged, the call answers with the primary.
+    fold deduplicates by id. Once merged, the call answers with the primary. Each step has an
+    operation id of its own, derived from the call's (two steps touch the secondary).
     """
     p_id, s_id = check.session_id(primary_id), check.session_id(secondary_id)
     owner = core.owner(user_id)
     if p_id == s_id:
         raise InvalidInput("cannot merge a session into itself")
     n = core.settings.resume_history
+    op = core.op(op_id)
     try:
         s_owner = (yield from get_session(core, s_id, 0, owner, follow_merged=False)).user_id
     except SessionMerged as m:
@@ -181,7 +190,7 @@ def merge_sessions(
         raise PermissionDenied(
             s_id, "sessions belong to different users; pass allow_cross_user to merge them"
         )
-    yield from core.store.fence(s_id, owner, p_id, p_owner, core.stamp())
+    yield from core.store.fence(s_id, owner, p_id, p_owner, core.stamp(op=f"{op}:fence"))
     s_doc = yield from _export(core, s_id, owner)
     s_rec = s_doc.session
     records = _records(core, s_doc.history)
@@ -191,19 +200,20 @@ def merge_sessions(
         context = b"" if merged == p.context else core.cipher.seal(core.json(merged, "context"))
         merged_from = list(dict.fromkeys((*p.merged_from, s_id, *s_rec.merged_from)))
         sources = b"" if merged_from == p.merged_from else orjson.dumps(merged_from)
-        t = core.stamp(activity=to_us(s_rec.last_activity))
+        t = core.stamp(activity=to_us(s_rec.last_activity), op=f"{op}:fold")
         t = t._replace(expires=max(t.expires, to_us(s_doc.expires_at)))
         status = yield from core.store.merge_into(
             p_id, owner, p.version, context, to_us(s_rec.created_at), sources,
             state_fields(s_rec.state, core.cipher), records, s_rec.topics, t,
         )  # fmt: skip
-        if status == "legacy":
-            yield from _upgrade(core, p_id, owner, t)
+        if status == "legacy":  # (upgrading is idempotent: no operation id)
+            yield from _upgrade(core, p_id, owner, t._replace(op=""))
         elif status == "ok":
             break
     else:
         raise ConcurrentModification(f"context of {p_id!r} kept changing during the merge")
-    if not (yield from core.store.delete(s_id, owner, core.stamp(), merged_into=(p_id, p_owner))):
+    tomb = core.stamp(op=f"{op}:tomb")
+    if not (yield from core.store.delete(s_id, owner, tomb, merged_into=(p_id, p_owner))):
         raise ConcurrentModification(f"session {s_id!r} is no longer fenced for {p_id!r}")
     return (yield from get_session(core, p_id, n, owner))
 

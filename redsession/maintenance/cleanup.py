@@ -48,10 +48,25 @@ def cleanup_expired_sessions(
             removed += [sid for sid, _, _ in dead]
             skip += len(dead)
         else:
-            removed += yield from upkeep.forget(dead, now)
+            forgotten = yield from upkeep.forget(dead, now)
+            removed += forgotten
+            yield from _expire_events(core, dead, set(forgotten), now)
         if len(entries) < batch:
             break
     files = 0 if dry_run else remove_dump_files(data_dir, removed)
     return CleanupReport(
         dry_run=dry_run, sessions=len(removed), session_ids=removed, dump_files_removed=files
     )
+
+
+def _expire_events(
+    core: Core, dead: list[tuple[str, str, int]], forgotten: set[str], now: int
+) -> Op[None]:
+    """An 'expire' event per session forgotten, its operation id named after the expiry it
+    had, so a cleanup retried or run twice writes each once."""
+    events = [
+        ("expire", sid, uid, f"expire:{sid}:{expires}", ())
+        for sid, uid, expires in dead
+        if sid in forgotten
+    ]
+    yield from core.store.events_of(events, now)

@@ -233,8 +233,9 @@ def _restore_one(
         # Compare-and-set against the state just compared: a write or a delete that lands in
         # between wins, instead of being overwritten or undone (invariants 3 and 4).
         yield from transfer.import_session_data(
-            core, doc, overwrite=True, expect=(live.version, live.total_interactions)
-        )
+            core, doc, overwrite=True, expect=(live.version, live.total_interactions),
+            kind="restore",
+        )  # fmt: skip
     except (ConcurrentModification, SessionNotFound) as e:
         log.info("not restoring %s: %s", name, e)
         return "skipped"
@@ -248,7 +249,7 @@ def _import_new(
     core: Core, doc: SessionExport, path: Path, ident: tuple[int, int], tidy: bool
 ) -> Op[str]:
     try:
-        yield from transfer.import_session_data(core, doc, overwrite=False)
+        yield from transfer.import_session_data(core, doc, overwrite=False, kind="restore")
     except SessionExists:
         # A tombstone: the session was deleted or merged after this file was written. Loading
         # it would resurrect it (invariant 4). The tombstone marked it dirty, so the next dump

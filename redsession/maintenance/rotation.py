@@ -59,9 +59,14 @@ def rotate_session(core: Core, sid: str) -> Op[bool]:
         if cipher.is_current(h["context"]) and all(cipher.is_current(sealed_body(r)) for r in raw):
             return False
         rec = record_from_hash(sid, h, cipher)
-        t = core.stamp(activity=to_us(rec.last_activity), expires=expires_from_hash(sid, h))
+        t = core.stamp(
+            activity=to_us(rec.last_activity), expires=expires_from_hash(sid, h), op=core.op(None)
+        )
         expect = (rec.version, rec.total_interactions)
-        if (yield from transfer.rewrite(core, rec, core.decode(raw), t, mode="cas", expect=expect)):
+        rewritten = yield from transfer.rewrite(
+            core, rec, core.decode(raw), t, mode="cas", kind="rotate", expect=expect
+        )
+        if rewritten:
             return True
     raise ConcurrentModification(f"session {sid!r} kept changing during key rotation")
 
@@ -73,7 +78,6 @@ def rotate_preferences(core: Core, uid: str) -> Op[bool]:
     stale = {k: v for k, v in raw.items() if not cipher.is_current(v)}
     if not stale:
         return False
-    yield from core.store.set_prefs(
-        uid, {k: cipher.seal(cipher.open(v, "a preference")) for k, v in stale.items()}, []
-    )
+    resealed = {k: cipher.seal(cipher.open(v, "a preference")) for k, v in stale.items()}
+    yield from core.store.set_prefs(uid, resealed, [], core.stamp(op=core.op(None)))
     return True

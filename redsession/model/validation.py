@@ -39,6 +39,18 @@ def new_entry_id() -> str:
     return secrets.token_urlsafe(12)
 
 
+OP_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+def op_id(value: object) -> str:
+    """An operation id a caller gives a write, so that repeating the call is safe."""
+    if not isinstance(value, str) or not OP_ID.fullmatch(value):
+        raise InvalidInput(
+            f"invalid operation id {show(value)}: use 1-128 characters from A-Z a-z 0-9 _ . : -"
+        )
+    return value
+
+
 def session_id(value: object) -> str:
     if not isinstance(value, str) or not SESSION_ID.fullmatch(value):
         raise InvalidSessionId(

@@ -17,6 +17,7 @@ _PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 # same names from these (storage/indexes.py), so they are spelled here only.
 SESSION_HEAD, SESSION_TAIL = ":s:{", "}"
 LOG_SUFFIX, TOMB_SUFFIX = ":log", ":tomb"  # after the session key: one slot
+OPS_SUFFIX = ":ops"  # after a session key or a user's prefs key: the operations it applied
 USER_HEAD, USER_SESSIONS_TAIL, USER_PREFS_TAIL = ":u:{", "}:sessions", "}:prefs"
 GLOBAL_SUFFIXES = {
     "sessions": ":sessions",
@@ -24,6 +25,9 @@ GLOBAL_SUFFIXES = {
     "expiry": ":expiry",
     "dirty": ":dirty",
     "users_by_name": ":users:by-name",
+    # The event stream and the operation ids its cluster step has written, in one slot.
+    "events": ":{events}",
+    "event_ops": ":{events}:ops",
 }
 
 
@@ -56,6 +60,8 @@ class Keys:
     session_family: Family = field(init=False)
     log_family: Family = field(init=False)
     tomb_family: Family = field(init=False)
+    # The operation ids its writes applied (and their replies), so a retry is not applied twice.
+    ops_family: Family = field(init=False)
     # One user: the index of their sessions and their preferences.
     user_sessions_family: Family = field(init=False)
     user_prefs_family: Family = field(init=False)
@@ -70,6 +76,7 @@ class Keys:
             ("session_family", Family(p + SESSION_HEAD, SESSION_TAIL)),
             ("log_family", Family(p + SESSION_HEAD, SESSION_TAIL + LOG_SUFFIX)),
             ("tomb_family", Family(p + SESSION_HEAD, SESSION_TAIL + TOMB_SUFFIX)),
+            ("ops_family", Family(p + SESSION_HEAD, SESSION_TAIL + OPS_SUFFIX)),
             ("user_sessions_family", Family(p + USER_HEAD, USER_SESSIONS_TAIL)),
             ("user_prefs_family", Family(p + USER_HEAD, USER_PREFS_TAIL)),
         ):
@@ -84,14 +91,21 @@ class Keys:
     def tomb(self, sid: str) -> str:
         return self.tomb_family.key(sid)
 
-    def session_keys(self, sid: str) -> tuple[str, str, str]:
-        return self.session(sid), self.log(sid), self.tomb(sid)
+    def ops(self, sid: str) -> str:
+        return self.ops_family.key(sid)
+
+    def session_keys(self, sid: str) -> tuple[str, str, str, str]:
+        return self.session(sid), self.log(sid), self.tomb(sid), self.ops(sid)
 
     def user_sessions(self, uid: str) -> str:
         return self.user_sessions_family.key(uid)
 
     def user_prefs(self, uid: str) -> str:
         return self.user_prefs_family.key(uid)
+
+    def user_prefs_ops(self, uid: str) -> str:
+        """HASH op id -> first reply: the preference writes applied (one slot with them)."""
+        return self.user_prefs(uid) + OPS_SUFFIX
 
     # Global indexes.
     @property
@@ -118,6 +132,16 @@ class Keys:
     def users_by_name(self) -> str:
         """ZSET user id -> 0: users in name order, for listing by prefix (ZRANGEBYLEX)."""
         return self.prefix + GLOBAL_SUFFIXES["users_by_name"]
+
+    @property
+    def events(self) -> str:
+        """STREAM of events (create, log, merge, delete, ...): ids and kinds, never text."""
+        return self.prefix + GLOBAL_SUFFIXES["events"]
+
+    @property
+    def event_ops(self) -> str:
+        """HASH op id -> time: the events a cluster's second step has written (dedupe)."""
+        return self.prefix + GLOBAL_SUFFIXES["event_ops"]
 
     # The worker.
     @property

@@ -1,7 +1,11 @@
 """The Lua scripts behind every session operation: each one round trip, atomic on its slot.
 
 Every script runs with the same KEYS and leading ARGV, set out in PRELUDE, then arguments
-of its own (ARGV[7] on), documented at each script. Scripts reply with a status table:
+of its own (ARGV[7] on), documented at each script, then a trailer of three that PRELUDE
+takes off (the event stream's length, the operation window, the operation id). A write
+runs once per operation id: a retry whose first reply was lost gets that reply and changes
+nothing. Writes put an event on the stream (ids and kinds, never content) in the same
+script on one server. Scripts reply with a status table:
 {'ok', ...}, {'missing'}, {'gone', tombstone}, {'denied'}, {'exists'}, {'conflict'},
 {'limit', n}, {'empty'}, {'interaction', record} or {'legacy'}.
 
@@ -18,7 +22,16 @@ from __future__ import annotations
 
 from redsession.storage.commands import Script
 from redsession.storage.indexes import lua_functions
-from redsession.storage.keys import LOG_SUFFIX, SESSION_HEAD, SESSION_TAIL, TOMB_SUFFIX
+from redsession.storage.keys import (
+    GLOBAL_SUFFIXES,
+    LOG_SUFFIX,
+    OPS_SUFFIX,
+    SESSION_HEAD,
+    SESSION_TAIL,
+    TOMB_SUFFIX,
+)
+
+OPS_KEEP = 256  # operations a session remembers at most (within Settings.op_window)
 
 PRELUDE = f"""
 -- KEYS[1] the session hash; its log and tombstone are that name + '{LOG_SUFFIX}' and
@@ -27,8 +40,15 @@ PRELUDE = f"""
 --   them in a second step), ARGV[2] now (µs: times of records, the dirty stamp),
 -- ARGV[3] the activity time (µs; '' = now), ARGV[4] the new expiry (µs),
 -- ARGV[5] the preferences' TTL (ms), ARGV[6] the owner required ('' = any).
+-- The last three ARGV, taken off here so that #ARGV counts a script's own: the event
+-- stream's MAXLEN ('0' = no events), how long a session remembers an operation (ms), and
+-- the operation id of a write ('' = a read).
+local OP = table.remove(ARGV)
+local OP_WINDOW_MS = tonumber(table.remove(ARGV))
+local EVENTS = tonumber(table.remove(ARGV))
 local HASH = KEYS[1]
 local LOG, TOMB = HASH .. '{LOG_SUFFIX}', HASH .. '{TOMB_SUFFIX}'
+local OPS = HASH .. '{OPS_SUFFIX}'
 local P, NOW, ACTIVE, EXP_US = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local PREFS_MS, OWNER = ARGV[5], ARGV[6]
 if ACTIVE == '' then ACTIVE = NOW end
@@ -68,6 +88,7 @@ end
 local function expire()
   redis.call('PEXPIREAT', HASH, EXP_MS)
   redis.call('PEXPIREAT', LOG, EXP_MS)
+  redis.call('PEXPIREAT', OPS, EXP_MS)
 end
 
 -- A record is a JSON object that starts {"timestamp":"<27 bytes>","id":"<id>","kind":"...
@@ -125,11 +146,56 @@ local function add_topics(from, limit)
   return true
 end
 """
+PRELUDE += f"""
+-- An event on the stream: ids and a kind, never content. On a cluster (P '') the caller
+-- writes it in its second step (store.py), deduplicated by operation id there.
+local function event(kind, uid, ...)
+  if P == '' or EVENTS == 0 then return end
+  redis.call('XADD', P .. '{GLOBAL_SUFFIXES["events"]}', 'MAXLEN', '~', EVENTS, '*',
+    'kind', kind, 'sid', SID, 'uid', uid, 'op', OP, 'at', NOW, ...)
+end
+
+-- The operations a session remembers: OP_WINDOW_MS, and no more than {OPS_KEEP} (the oldest
+-- go first), so a busy session's memory stays bounded.
+local function forget_old_ops()
+  local all = redis.call('HGETALL', OPS)
+  local floor = tonumber(NOW) - OP_WINDOW_MS * 1000
+  local kept = {{}}
+  for i = 1, #all, 2 do
+    local at = cmsgpack.unpack(all[i + 1])[1]
+    if at < floor then redis.call('HDEL', OPS, all[i]) else kept[#kept + 1] = {{at, all[i]}} end
+  end
+  if #kept > {OPS_KEEP // 2} then
+    table.sort(kept, function(a, b) return a[1] < b[1] end)
+    for i = 1, #kept - {OPS_KEEP // 2} do redis.call('HDEL', OPS, kept[i][2]) end
+  end
+end
+
+-- A write, applied once per operation id: a repeat (a retry whose first reply was lost)
+-- gets the first reply and changes nothing. Only 'ok' replies change anything.
+local function once(apply)
+  if OP == '' then return apply() end
+  local seen = redis.call('HGET', OPS, OP)
+  if seen then return cmsgpack.unpack(seen)[2] end
+  local reply = apply()
+  if reply[1] ~= 'ok' then return reply end
+  redis.call('HSET', OPS, OP, cmsgpack.pack({{tonumber(NOW), reply}}))
+  if redis.call('HLEN', OPS) > {OPS_KEEP} then forget_old_ops() end
+  redis.call('PEXPIREAT', OPS, EXP_MS)  -- a deleted session's: its tombstone's
+  return reply
+end
+"""
 PRELUDE += lua_functions()  # index(uid, created), unindex(uid): the rule of indexes.py
 
 
 def _session(name: str, body: str) -> Script:
+    """A script that reads a session."""
     return Script(name, PRELUDE + body)
+
+
+def _write(name: str, body: str) -> Script:
+    """A script that changes a session: once per operation id (PRELUDE's once)."""
+    return Script(name, f"{PRELUDE}local function apply()\n{body}\nend\nreturn once(apply)\n")
 
 
 def _new_hash(uid: str, context: str, created: str) -> str:
@@ -143,7 +209,7 @@ def _new_hash(uid: str, context: str, created: str) -> str:
 # '' = none), ARGV[11] '1' to reuse the id of a session this user deleted (its tombstone
 # goes; a merged one, or another user's, still refuses), ARGV[12..] session state fields
 # and values ("state:<key>", JSON).
-CREATE = _session(
+CREATE = _write(
     "create",
     f"""
 if redis.call('EXISTS', HASH) == 1 then return {{'exists'}} end
@@ -156,21 +222,23 @@ end
 fields(10, 12, #ARGV)
 expire()
 index(ARGV[7], true)
+event('create', ARGV[7])
 return {{'ok'}}
 """,
 )
 
-# ARGV[7] '1' to count as activity (resume) or '0' (a plain read),
-# ARGV[8] how many of the newest records to return (-1: all of them).
+# ARGV[7] '1' to count as activity (resume), '2' the same with a 'resume' event, or '0' (a
+# plain read), ARGV[8] how many of the newest records to return (-1: all of them).
 # Reply: {'ok', HGETALL as a flat list, newest records oldest first}.
 FETCH = _session(
     "fetch",
     """
 local uid, err = owner(false)
 if not uid then return err end
-if ARGV[7] == '1' then
+if ARGV[7] ~= '0' then
   touch(uid)
   index(uid)
+  if ARGV[7] == '2' then event('resume', uid) end
 end
 local n = tonumber(ARGV[8])
 local history = {}
@@ -245,7 +313,7 @@ return {'ok', uid, out}
 # set with the records; ARGV[12+k+m..] topics to add. O(k + m) whatever the history length;
 # O(topics) for the topic union. Reply: {'ok', owner, new length, 1 if it created the
 # session else 0} or {'limit', topic count}.
-APPEND = _session(
+APPEND = _write(
     "append",
     f"""
 local k = tonumber(ARGV[8])
@@ -266,6 +334,8 @@ if m > 0 then redis.call('HSET', HASH, unpack(ARGV, 12 + k, 11 + k + m)) end
 local n = push(9, 8 + k)
 touch(uid, n)
 index(uid, created)
+if created then event('create', uid) end
+event('log', uid)
 return {{'ok', uid, n, created and 1 or 0}}
 """,
 )
@@ -275,7 +345,7 @@ return {{'ok', uid, n, created and 1 or 0}}
 # returned; an interaction is returned as {'interaction', record} untouched, for the caller
 # to split (its newest item is the assistant's answer) and come back with both arguments.
 # Reply: {'ok', owner, removed or replaced record, new length}, {'empty'}, {'conflict'}.
-POP = _session(
+POP = _write(
     "pop",
     """
 local uid, err = owner(true)
@@ -296,13 +366,14 @@ if ARGV[8] == '' then redis.call('RPOP', LOG) else redis.call('LSET', LOG, -1, A
 local n = redis.call('LLEN', LOG)
 touch(uid, n)
 index(uid)
+event('history', uid)
 return {'ok', uid, tail, n}
 """,
 )
 
 # Replaces the whole history, keeping the session (clear it with no records; compaction).
 # ARGV[7..] the new records, oldest first. Reply: {'ok', owner, new length}.
-REPLACE_HISTORY = _session(
+REPLACE_HISTORY = _write(
     "replace_history",
     """
 local uid, err = owner(true)
@@ -311,13 +382,14 @@ redis.call('DEL', LOG)
 local n = push(7, #ARGV)
 touch(uid, n)
 index(uid)
+event('history', uid)
 return {'ok', uid, n}
 """,
 )
 
 # ARGV[7] the version the new context was computed from, ARGV[8] the new context (JSON).
 # Reply: {'ok', new version, owner} or {'conflict'} when another writer got there first.
-UPDATE_CONTEXT = _session(
+UPDATE_CONTEXT = _write(
     "update_context",
     """
 local uid, err = owner(true)
@@ -327,6 +399,7 @@ local v = redis.call('HINCRBY', HASH, 'version', 1)
 redis.call('HSET', HASH, 'context', ARGV[8])
 touch(uid)
 index(uid)
+event('context', uid)
 return {'ok', v, uid}
 """,
 )
@@ -334,7 +407,7 @@ return {'ok', v, uid}
 # ARGV[7] '' to delete, or the primary a fenced session was merged into (MERGE_INTO has
 # taken its content), ARGV[8] the tombstone's TTL (ms), ARGV[9] the primary's owner.
 # Reply: {'ok', owner}; {'conflict'} when a merge tombstone finds no fence for that primary.
-DELETE = _session(
+DELETE = _write(
     "delete",
     """
 local uid, err = owner(ARGV[7] == '')
@@ -349,6 +422,7 @@ end
 redis.call('DEL', HASH, LOG)
 redis.call('SET', TOMB, tomb, 'PX', ARGV[8])
 unindex(uid)
+if ARGV[7] == '' then event('delete', uid) else event('merge', uid, 'into', ARGV[7]) end
 return {'ok', uid}
 """,
 )
@@ -358,7 +432,7 @@ return {'ok', uid}
 # to it can be lost while its content moves. ARGV[7] the primary, ARGV[8] its owner.
 # Idempotent for the same primary. Reply: {'ok', owner}; {'gone', ...} when fenced (or
 # merged) for another primary.
-FENCE = _session(
+FENCE = _write(
     "fence",
     """
 local uid, err = owner(false)
@@ -383,7 +457,7 @@ return {'ok', uid}
 # so a re-run after a crash changes nothing that the first run did.
 # Reply: {'ok', version, length}; {'conflict'} if the version changed since ARGV[7];
 # {'legacy'} if the primary holds records written before headers (UPGRADE them first).
-MERGE_INTO = _session(
+MERGE_INTO = _write(
     "merge_into",
     """
 local uid, err = owner(true)
@@ -443,7 +517,7 @@ return {'ok', v, #all}
 # Rewrites records written before headers in place, each only while it is still there:
 # ARGV[7..] triples of position (from the head), old record, new record. Appends go to the
 # tail, so positions hold. Reply: {'ok', records rewritten}.
-UPGRADE = _session(
+UPGRADE = _write(
     "upgrade",
     """
 local uid, err = owner(true)
@@ -461,10 +535,10 @@ return {'ok', n}
 
 # Replace a whole session (import, restore, key rotation).
 # ARGV[7] mode: 'new' (refuse if it or its tombstone exists), 'replace', or 'cas'
-# (only if version and total still equal ARGV[8] and ARGV[9]); ARGV[10] k, the number
-# of hash field/value arguments that follow; then the history records, oldest first.
-# Reply: {'ok', previous owner or ''}.
-WRITE = _session(
+# (only if version and total still equal ARGV[9] and ARGV[10]); ARGV[8] the event's kind
+# ('import', 'restore', 'rotate'); ARGV[11] k, the number of hash field/value arguments
+# that follow; then the history records, oldest first. Reply: {'ok', previous owner or ''}.
+WRITE = _write(
     "write",
     """
 local mode = ARGV[7]
@@ -473,20 +547,62 @@ if mode == 'new' then
 elseif mode == 'cas' then
   local uid, err = owner(true)
   if not uid then return err end
-  if changed(ARGV[8], ARGV[9]) then return {'conflict'} end
+  if changed(ARGV[9], ARGV[10]) then return {'conflict'} end
 end
-local k = tonumber(ARGV[10])
+local k = tonumber(ARGV[11])
 local uid
-for i = 11, 10 + k, 2 do
+for i = 12, 11 + k, 2 do
   if ARGV[i] == 'user_id' then uid = ARGV[i + 1] end
 end
 local old = redis.call('HGET', HASH, 'user_id')
 if old and old ~= uid then unindex(old) end
 redis.call('DEL', HASH, LOG, TOMB)
-redis.call('HSET', HASH, unpack(ARGV, 11, 10 + k))
-push(11 + k, #ARGV)
+redis.call('HSET', HASH, unpack(ARGV, 12, 11 + k))
+push(12 + k, #ARGV)
 expire()
 index(uid, true)
+event(ARGV[8], uid)
 return {'ok', old or ''}
+""",
+)
+
+# A user's preferences, run on the session prelude with KEYS[1] the user's preferences hash
+# (whose OPS is then the user's), so a retried write is applied once like a session's.
+# ARGV[4] the preferences' new expiry (µs), ARGV[7] n, the number of field/value arguments
+# to set that follow, then the fields to remove. Reply: {'ok'}.
+PREFS = _write(
+    "prefs",
+    """
+local n = tonumber(ARGV[7])
+if n > 0 then redis.call('HSET', HASH, unpack(ARGV, 8, 7 + n)) end
+if #ARGV > 7 + n then redis.call('HDEL', HASH, unpack(ARGV, 8 + n, #ARGV)) end
+redis.call('PEXPIREAT', HASH, EXP_MS)
+return {'ok'}
+""",
+)
+
+# Events written outside a session script: a cluster's second step (the session script
+# could not reach the stream's slot), and cleanup's expired sessions. Deduplicated by
+# operation id, so a retried step writes each once. KEYS[1] the stream, KEYS[2] the ZSET of
+# the dedupe ids written (-> µs, kept for the window); ARGV[1] MAXLEN, ARGV[2] the window
+# (ms), ARGV[3] now (µs), then per event: its dedupe id (the operation id and the kind; ''
+# for a read's event, not deduplicated), n, and n field/value arguments.
+# Reply: the number of events written.
+EVENT = Script(
+    "event",
+    """
+local now = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]) * 1000)
+local i, written = 4, 0
+while i <= #ARGV do
+  local dedupe, n = ARGV[i], tonumber(ARGV[i + 1])
+  if dedupe == '' or redis.call('ZADD', KEYS[2], 'NX', now, dedupe) == 1 then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, i + 2, i + 1 + n))
+    written = written + 1
+  end
+  i = i + 2 + n
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return written
 """,
 )

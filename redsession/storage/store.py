@@ -40,12 +40,14 @@ SUMMARY_FIELDS = ("user_id", "created_at", "last_activity", "total_interactions"
 
 
 class Stamp(NamedTuple):
-    """The times a write carries: activity score, new expiry, and now (all µs). A named
-    tuple, as the commands are (built on every call)."""
+    """The times a write carries: activity score, new expiry, and now (all µs), and the
+    operation id of the call ('' for a read). A named tuple, as the commands are (built on
+    every call)."""
 
     activity: int
     expires: int
     now: int
+    op: str = ""
 
 
 class Store:
@@ -57,19 +59,28 @@ class Store:
         self.upkeep = IndexUpkeep(keys)
         self._prefs_ms = int(settings.preferences_ttl.total_seconds() * 1000)
         self._tomb_ms = int(settings.session_ttl.total_seconds() * 1000)
+        self._events = settings.events_maxlen
+        self._resume_events = settings.events_resume
+        self._op_window_ms = int(settings.op_window.total_seconds() * 1000)
         # '' tells the scripts to leave the indexes to the second step (their keys sit in
         # other slots than the session's on a cluster).
         self._prefix = "" if cluster else keys.prefix
 
     # -- session scripts ---------------------------------------------------------------
 
-    def _eval(self, script: Script, sid: str, owner: str | None, t: Stamp, *extra: Arg) -> Eval:
+    def _eval(
+        self, script: Script, sid: str, owner: str | None, t: Stamp, *extra: Arg, key: str = ""
+    ) -> Eval:
+        """A session script (``key``: another key run on the session prelude)."""
         active = "" if t.activity == t.now else t.activity
         return Eval(
             script,
-            (self.keys.session(sid),),
-            (self._prefix, t.now, active, t.expires, self._prefs_ms, owner or "", *extra),
-        )
+            (key or self.keys.session(sid),),
+            (
+                self._prefix, t.now, active, t.expires, self._prefs_ms, owner or "", *extra,
+                self._events, self._op_window_ms, t.op,
+            ),
+        )  # fmt: skip
 
     def _run(
         self, script: Script, sid: str, owner: str | None, t: Stamp, *extra: Arg
@@ -98,18 +109,20 @@ class Store:
             scripts.CREATE, sid, None, t, uid, context, created, scope, reuse, *state
         )
         yield from self._index(sid, uid, t, created=True)
+        yield from self._event("create", sid, uid, t)
 
     def fetch(
         self, sid: str, owner: str | None, t: Stamp, *, touch: bool, history: int
     ) -> Op[tuple[dict[str, bytes], list[Reply]]]:
         """The session hash (field names as text, values as stored) and its newest
         ``history`` records (-1: all of them)."""
-        _, flat, hist = yield from self._run(
-            scripts.FETCH, sid, owner, t, "1" if touch else "0", history
-        )
+        mode = ("2" if self._resume_events else "1") if touch else "0"
+        _, flat, hist = yield from self._run(scripts.FETCH, sid, owner, t, mode, history)
         h = raw_hash(flat)
         if touch:
             yield from self._index(sid, text(h["user_id"]), t)
+            if self._resume_events:
+                yield from self._event("resume", sid, text(h["user_id"]), t)
         return h, hist
 
     def history(
@@ -153,7 +166,11 @@ class Store:
         )  # fmt: skip
         if reply[0] == "limit":
             return "limit", int(reply[1])
-        yield from self._index(sid, text(reply[1]), t, created=bool(int(reply[3])))
+        uid, created = text(reply[1]), bool(int(reply[3]))
+        yield from self._index(sid, uid, t, created=created)
+        if created:
+            yield from self._event("create", sid, uid, t)
+        yield from self._event("log", sid, uid, t)
         return "ok", int(reply[2])
 
     def pop(
@@ -164,6 +181,7 @@ class Store:
         status = reply[0]
         if status == "ok":
             yield from self._index(sid, text(reply[1]), t)
+            yield from self._event("history", sid, text(reply[1]), t)
             return "ok", reply[2]
         return status, reply[1] if status == "interaction" else None
 
@@ -173,6 +191,7 @@ class Store:
         """Make ``records`` the whole history, atomically; returns its length."""
         _, uid, n = yield from self._run(scripts.REPLACE_HISTORY, sid, owner, t, *records)
         yield from self._index(sid, text(uid), t)
+        yield from self._event("history", sid, text(uid), t)
         return int(n)
 
     def update_context(
@@ -185,6 +204,7 @@ class Store:
         if reply[0] == "conflict":
             return False
         yield from self._index(sid, text(reply[2]), t)
+        yield from self._event("context", sid, text(reply[2]), t)
         return True
 
     def delete(
@@ -199,6 +219,10 @@ class Store:
         if reply[0] == "conflict":
             return False
         yield from self._unindex(sid, text(reply[1]), t)
+        if primary:
+            yield from self._event("merge", sid, text(reply[1]), t, "into", primary)
+        else:
+            yield from self._event("delete", sid, text(reply[1]), t)
         return True
 
     def fence(
@@ -238,19 +262,22 @@ class Store:
 
     def write(
         self, sid: str, uid: str, fields: list[str | bytes], records: Sequence[bytes],
-        t: Stamp, *, mode: str, expect: tuple[int, int] | None = None,
+        t: Stamp, *, mode: str, kind: str, expect: tuple[int, int] | None = None,
     ) -> Op[bool]:  # fmt: skip
-        """Replace a whole session (mode 'new', 'replace' or 'cas'); False on a CAS conflict."""
+        """Replace a whole session (mode 'new', 'replace' or 'cas'); False on a CAS conflict.
+        ``kind``: its event ('import', 'restore' or 'rotate')."""
         version, total = expect if expect else ("", "")
         reply = yield from self._run(
-            scripts.WRITE, sid, None, t, mode, version, total, len(fields), *fields, *records
-        )
+            scripts.WRITE, sid, None, t, mode, kind, version, total, len(fields), *fields,
+            *records,
+        )  # fmt: skip
         if reply[0] == "conflict":
             return False
         old = text(reply[1])
         if old and old != uid:
             yield from self._unindex(sid, old, t)
         yield from self._index(sid, uid, t, created=True)
+        yield from self._event(kind, sid, uid, t)
         return True
 
     # -- the cross-slot index step on a cluster (single servers do it inside the script) --
@@ -263,6 +290,28 @@ class Store:
     def _unindex(self, sid: str, uid: str, t: Stamp) -> Op[None]:
         if self.cluster:
             yield from indexes.gone(self.keys, [indexes.Row(sid, uid, now=t.now)])
+
+    def _event(self, kind: str, sid: str, uid: str, t: Stamp, *extra: Arg) -> Op[None]:
+        """The event of a session script, on a cluster (one server: the script wrote it)."""
+        if self.cluster:
+            yield from self.event(kind, sid, uid, t, *extra)
+
+    def event(self, kind: str, sid: str, uid: str, t: Stamp, *extra: Arg) -> Op[None]:
+        """Write one event with the EVENT script: once per (operation id, kind)."""
+        yield from self.events_of([(kind, sid, uid, t.op, extra)], t.now)
+
+    def events_of(
+        self, events: Sequence[tuple[str, str, str, str, Sequence[Arg]]], now: int
+    ) -> Op[None]:
+        """Write (kind, sid, uid, op id, extra fields) events in one step, each once per
+        (op id, kind)."""
+        if not self._events or not events:
+            return
+        args: list[Arg] = [self._events, self._op_window_ms, now]
+        for kind, sid, uid, op, extra in events:
+            fields = ("kind", kind, "sid", sid, "uid", uid, "op", op, "at", now, *extra)
+            args += [f"{op}:{kind}" if op else "", len(fields), *fields]
+        yield Eval(scripts.EVENT, (self.keys.events, self.keys.event_ops), tuple(args))
 
     # -- indexes and listings ----------------------------------------------------------
 
@@ -322,15 +371,15 @@ class Store:
 
     # -- preferences ---------------------------------------------------------------------
 
-    def set_prefs(self, uid: str, values: dict[str, bytes], remove: Sequence[str]) -> Op[None]:
-        key = self.keys.user_prefs(uid)
-        cmds: list[tuple[Arg, ...]] = []
-        if values:
-            cmds.append(("HSET", key, *(a for kv in values.items() for a in kv)))
-        if remove:
-            cmds.append(("HDEL", key, *remove))
-        cmds.append(("PEXPIRE", key, self._prefs_ms))
-        yield Batch(tuple(cmds))
+    def set_prefs(
+        self, uid: str, values: dict[str, bytes], remove: Sequence[str], t: Stamp
+    ) -> Op[None]:
+        """Set and remove preferences in one step, once per operation id (scripts.PREFS)."""
+        pairs = [a for kv in values.items() for a in kv]
+        at = Stamp(t.now, t.now + self._prefs_ms * 1000, t.now, t.op)  # the prefs' own expiry
+        yield self._eval(
+            scripts.PREFS, "", None, at, len(pairs), *pairs, *remove, key=self.keys.user_prefs(uid)
+        )
 
     def get_prefs(self, uid: str, touch: bool = False) -> Op[dict[str, str]]:
         """The user's preferences; ``touch`` counts the read as activity (their TTL slides)."""
