@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -109,6 +109,26 @@ class Settings(BaseSettings):
     mcp_token: SecretStr | None = None
     # JSON object of more bearer tokens -> the user id each may act for ("*": admin).
     mcp_tokens_file: Path | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any, info: ValidationInfo) -> Any:
+        # The environment gives strings: for a duration a plain number is seconds, as
+        # documented (pydantic reads only ISO 8601 durations, "PT60S", from a string).
+        field = cls.model_fields[info.field_name or ""]
+        if isinstance(value, str) and field.annotation is timedelta:
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        return value
+
+    @model_validator(mode="after")
+    def _retries_within_op_window(self) -> Settings:
+        # A retry sent after its operation id was forgotten would apply the write twice.
+        if self.retry_deadline >= self.op_window:
+            raise ValueError("retry_deadline must be shorter than op_window")
+        return self
 
     @field_validator("encryption_keys", mode="before")
     @classmethod

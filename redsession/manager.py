@@ -36,7 +36,7 @@ from redsession.model.models import (
 )
 from redsession.storage.commands import Op
 from redsession.storage.connection import sync_client
-from redsession.storage.drivers import SyncDriver
+from redsession.storage.drivers import Retrying, SyncDriver
 from redsession.storage.keys import Keys
 from redsession.storage.store import Store
 
@@ -53,6 +53,7 @@ class ManagerBase:
         self.keys = Keys(self.settings.key_prefix)
         self.core = Core(Store(self.keys, self.settings, cluster=cluster), self.settings, clock)
         self.client = client
+        self.retrying = Retrying(self.settings.retry_deadline.total_seconds())
 
     def _data_dir(self, data_dir: Path | None) -> Path:
         return self.settings.data_dir if data_dir is None else Path(data_dir)
@@ -69,7 +70,7 @@ class SessionManager(ManagerBase):
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         super().__init__(client, settings, clock, isinstance(client, redis.RedisCluster))
-        self._driver = SyncDriver(client)
+        self._driver = SyncDriver(client, self.retrying)
 
     @classmethod
     def from_url(cls, url: str | None = None, **settings: Any) -> SessionManager:

@@ -7,16 +7,31 @@ driver runs it to completion on a redis-py client, sync or asyncio, standalone o
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
+import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ClusterDownError,
+    MasterDownError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from redsession.errors import CorruptData, StorageError, StorageUnavailable
 from redsession.storage.commands import Arg, Cmd, Eval, OnEachPrimary, Op, Reply, Scan, T
@@ -24,12 +39,73 @@ from redsession.storage.commands import Arg, Cmd, Eval, OnEachPrimary, Op, Reply
 AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
 
 
+# What a retry can cure: the connection broke or timed out, or the server is in a failover
+# (a replica answering READONLY, a master that lost its link, a server still LOADING its data
+# (a ConnectionError in redis-py), a cluster slot moving or down).
+TRANSIENT = (
+    RedisConnectionError, RedisTimeoutError, ReadOnlyError, MasterDownError, TryAgainError,
+    ClusterDownError,
+)  # fmt: skip
+
+
+def _permanent(e: Exception) -> bool:
+    """A connection error that waiting will not cure: refused credentials or certificate."""
+    if isinstance(e, (AuthenticationError, AuthorizationError)):
+        return True
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+class Retrying:
+    """Sends a command again on a transient error, with backoff, until a deadline.
+
+    Safe for writes because every write script carries an operation id: a write whose reply
+    was lost, sent again, returns its first reply and changes nothing (storage/scripts.py).
+    The deadline counts from the start of the whole store operation. A deadline of 0 sends
+    each command once.
+    """
+
+    BACKOFF_BASE, BACKOFF_CAP = 0.02, 1.0  # seconds: 20 ms, 40 ms, ... up to 1 s, jittered
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        backoff = ExponentialWithJitterBackoff(cap=self.BACKOFF_CAP, base=self.BACKOFF_BASE)
+        # retries=-1: no count limit; fail() below ends the loop at the deadline.
+        self.sync = Retry(backoff, -1, TRANSIENT)
+        self.asyncio = redis.asyncio.retry.Retry(backoff, -1, TRANSIENT)
+
+    def fail(self, started: float) -> Callable[[Exception], None]:
+        """The failure handler of one operation begun at ``started`` (time.monotonic())."""
+
+        def fail(e: Exception) -> None:
+            if _permanent(e) or time.monotonic() - started >= self.deadline:
+                raise e
+
+        return fail
+
+    def async_fail(self, started: float) -> Callable[[Exception], Awaitable[None]]:
+        """fail() for redis.asyncio's Retry, which awaits its failure handler."""
+        fail = self.fail(started)
+
+        async def async_fail(e: Exception) -> None:
+            fail(e)
+
+        return async_fail
+
+
+NO_RETRIES = Retrying(0)
+
+
 def _error(e: RedisError | UnicodeDecodeError) -> StorageError | CorruptData:
     if isinstance(e, UnicodeDecodeError):
         # Only someone writing to our keys directly puts such bytes there; the reply may have
         # been decoded by redis-py (a decode_responses client) or by the operation.
         return CorruptData(f"Redis holds bytes that are not UTF-8 where redsession keeps text: {e}")
-    if isinstance(e, (RedisConnectionError, RedisTimeoutError)):
+    if isinstance(e, TRANSIENT):  # after the deadline, or refused credentials or certificate
         return StorageUnavailable(f"Redis is unavailable: {e}")
     return StorageError(f"Redis refused the command: {e}")
 
@@ -41,14 +117,19 @@ def _evalsha_args(cmd: Eval) -> tuple[Arg, ...]:
 class SyncDriver:
     """Runs store operations on a redis-py client (standalone or cluster)."""
 
-    def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
+    def __init__(
+        self, client: redis.Redis | redis.RedisCluster, retrying: Retrying = NO_RETRIES
+    ) -> None:
         self.client = client
+        self.retrying = retrying
 
     def run(self, op: Op[T]) -> T:
+        fail = self.retrying.fail(time.monotonic())
+        retry = self.retrying.sync
         try:
             cmd = next(op)
             while True:
-                cmd = op.send(self._execute(cmd))
+                cmd = op.send(retry.call_with_retry(partial(self._execute, cmd), fail))
         except StopIteration as stop:
             result: T = stop.value
             return result
@@ -109,8 +190,10 @@ class AsyncDriver:
         self,
         client: AsyncClient,
         factory: Callable[[], AsyncClient] | None = None,
+        retrying: Retrying = NO_RETRIES,
     ) -> None:
         self.client = client
+        self.retrying = retrying
         self._factory = factory
         self._home: asyncio.AbstractEventLoop | None = None
         self._others: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient] = (
@@ -152,15 +235,13 @@ class AsyncDriver:
 
     async def run(self, op: Op[T]) -> T:
         client = self.client_for_loop()
+        fail = self.retrying.async_fail(time.monotonic())
+        retry = self.retrying.asyncio
         try:
-            if isinstance(client, redis.asyncio.RedisCluster):
-                # Concurrent first calls on a new cluster client race its own start-up (some
-                # fail with "Connection closed by server"); initialize() is one flag test once
-                # the client is set up.
-                await client.initialize()
             cmd = next(op)
             while True:
-                cmd = op.send(await self._execute(client, cmd))
+                reply = await retry.call_with_retry(partial(self._execute, client, cmd), fail)
+                cmd = op.send(reply)
         except StopIteration as stop:
             result: T = stop.value
             return result
@@ -168,6 +249,11 @@ class AsyncDriver:
             raise _error(e) from e
 
     async def _execute(self, client: AsyncClient, cmd: Cmd) -> Reply:
+        if isinstance(client, redis.asyncio.RedisCluster):
+            # Concurrent first calls on a new cluster client race its own start-up (some
+            # fail with "Connection closed by server"); initialize() is one flag test once
+            # the client is set up.
+            await client.initialize()
         if isinstance(cmd, Scan):
             return await self._scan(client, cmd)
         if isinstance(cmd, Eval):
