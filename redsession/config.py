@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     # so a retried write whose first reply was lost is not applied twice. Long enough to
     # ride out a Sentinel failover or a Redis restart.
     retry_deadline: timedelta = Field(default=timedelta(seconds=15), ge=timedelta(0))
+    # A write is acknowledged only once this many replicas have it (WAIT, pipelined with the
+    # write), so a failover to one of them cannot lose it; a write the replicas do not
+    # confirm within replica_timeout is sent again (deduplicated), then StorageUnavailable at
+    # retry_deadline. 0: acknowledged when the master applied it. One server or Sentinel.
+    write_replicas: int = Field(default=0, ge=0)
+    replica_timeout: timedelta = Field(default=timedelta(seconds=1), gt=timedelta(0))
     # A session remembers the operation ids (and first replies) of its writes this long, so a
     # retry arriving later than this may apply again. Longer than any retry_deadline.
     op_window: timedelta = Field(default=timedelta(minutes=10), gt=timedelta(0))

@@ -12,6 +12,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -100,6 +101,28 @@ class Retrying:
 NO_RETRIES = Retrying(0)
 
 
+class NotReplicated(RedisConnectionError):
+    """A write the master applied but too few replicas confirmed (Settings.write_replicas):
+    transient, so the write is sent again; its operation id makes that safe."""
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """Writes wait for this many replicas (WAIT), up to ``timeout_ms``; 0: they do not."""
+
+    count: int = 0
+    timeout_ms: int = 1000
+
+    def check(self, acked: int) -> None:
+        if acked < self.count:
+            raise NotReplicated(
+                f"the write reached {acked} of {self.count} replicas in {self.timeout_ms} ms"
+            )
+
+
+NO_REPLICAS = Replicas()
+
+
 def _error(e: RedisError | UnicodeDecodeError) -> StorageError | CorruptData:
     if isinstance(e, UnicodeDecodeError):
         # Only someone writing to our keys directly puts such bytes there; the reply may have
@@ -118,10 +141,14 @@ class SyncDriver:
     """Runs store operations on a redis-py client (standalone or cluster)."""
 
     def __init__(
-        self, client: redis.Redis | redis.RedisCluster, retrying: Retrying = NO_RETRIES
+        self,
+        client: redis.Redis | redis.RedisCluster,
+        retrying: Retrying = NO_RETRIES,
+        replicas: Replicas = NO_REPLICAS,
     ) -> None:
         self.client = client
         self.retrying = retrying
+        self.replicas = replicas
 
     def run(self, op: Op[T]) -> T:
         fail = self.retrying.fail(time.monotonic())
@@ -141,12 +168,12 @@ class SyncDriver:
             return self._scan(cmd)
         if isinstance(cmd, Eval):
             try:
-                return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+                return self._eval(cmd)
             except NoScriptError:
                 # On a cluster SCRIPT LOAD goes to every primary; NOSCRIPT comes back
                 # after a failover or a SCRIPT FLUSH, as scripts are cached per node.
                 self.client.script_load(cmd.script.source)
-                return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+                return self._eval(cmd)
         if isinstance(cmd, OnEachPrimary):
             if isinstance(self.client, redis.RedisCluster):
                 nodes = self.client.get_primaries()  # type: ignore[no-untyped-call]
@@ -158,6 +185,17 @@ class SyncDriver:
         for c in cmd.commands:
             pipe.execute_command(*c)
         return pipe.execute()
+
+    def _eval(self, cmd: Eval) -> Reply:
+        r = self.replicas
+        if not (r.count and cmd.script.writes):
+            return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+        pipe.execute_command("WAIT", r.count, r.timeout_ms)
+        reply, acked = pipe.execute()
+        r.check(acked)
+        return reply
 
     def _scan(self, cmd: Scan) -> Reply:
         kw: dict[str, Any] = {"match": cmd.match, "count": cmd.page_size, "_type": cmd.type}
@@ -191,9 +229,11 @@ class AsyncDriver:
         client: AsyncClient,
         factory: Callable[[], AsyncClient] | None = None,
         retrying: Retrying = NO_RETRIES,
+        replicas: Replicas = NO_REPLICAS,
     ) -> None:
         self.client = client
         self.retrying = retrying
+        self.replicas = replicas
         self._factory = factory
         self._home: asyncio.AbstractEventLoop | None = None
         self._others: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient] = (
@@ -258,10 +298,10 @@ class AsyncDriver:
             return await self._scan(client, cmd)
         if isinstance(cmd, Eval):
             try:
-                return await client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+                return await self._eval(client, cmd)
             except NoScriptError:
                 await client.script_load(cmd.script.source)
-                return await client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+                return await self._eval(client, cmd)
         if isinstance(cmd, OnEachPrimary):
             if isinstance(client, redis.asyncio.RedisCluster):
                 nodes = client.get_primaries()
@@ -273,6 +313,17 @@ class AsyncDriver:
         for c in cmd.commands:
             pipe.execute_command(*c)
         return await pipe.execute()
+
+    async def _eval(self, client: AsyncClient, cmd: Eval) -> Reply:
+        r = self.replicas
+        if not (r.count and cmd.script.writes):
+            return await client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+        pipe = client.pipeline(transaction=False)
+        pipe.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+        pipe.execute_command("WAIT", r.count, r.timeout_ms)
+        reply, acked = await pipe.execute()
+        r.check(acked)
+        return reply
 
     async def _scan(self, client: AsyncClient, cmd: Scan) -> Reply:
         kw: dict[str, Any] = {"match": cmd.match, "count": cmd.page_size, "_type": cmd.type}

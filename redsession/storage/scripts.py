@@ -195,7 +195,8 @@ def _session(name: str, body: str) -> Script:
 
 def _write(name: str, body: str) -> Script:
     """A script that changes a session: once per operation id (PRELUDE's once)."""
-    return Script(name, f"{PRELUDE}local function apply()\n{body}\nend\nreturn once(apply)\n")
+    source = f"{PRELUDE}local function apply()\n{body}\nend\nreturn once(apply)\n"
+    return Script(name, source, writes=True)
 
 
 def _new_hash(uid: str, context: str, created: str) -> str:
@@ -223,7 +224,7 @@ fields(10, 12, #ARGV)
 expire()
 index(ARGV[7], true)
 event('create', ARGV[7])
-return {{'ok'}}
+return {{'ok', ARGV[9]}}
 """,
 )
 
@@ -312,7 +313,7 @@ return {'ok', uid, out}
 # ARGV[11+k] m, then m arguments: session state fields and values ("state:<key>", JSON) to
 # set with the records; ARGV[12+k+m..] topics to add. O(k + m) whatever the history length;
 # O(topics) for the topic union. Reply: {'ok', owner, new length, 1 if it created the
-# session else 0} or {'limit', topic count}.
+# session else 0, the first record's time} or {'limit', topic count}.
 APPEND = _write(
     "append",
     f"""
@@ -336,7 +337,7 @@ touch(uid, n)
 index(uid, created)
 if created then event('create', uid) end
 event('log', uid)
-return {{'ok', uid, n, created and 1 or 0}}
+return {{'ok', uid, n, created and 1 or 0, k > 0 and rtime(ARGV[9]) or ''}}
 """,
 )
 
