@@ -69,8 +69,12 @@ def log_interaction(
     meta = {} if metadata is None else metadata
     meta_json = core.json(meta, "metadata")
     tops = check.topics(topics, s.max_topics)
-    t = core.stamp(op=core.op(op_id))
-    rid = check.new_entry_id() if op_id is None else check.entry_id_for_op(t.op, 0)
+    if op_id is None:  # a new entry's random id serves as a new operation id as well
+        rid = op = check.new_entry_id()
+    else:
+        op = check.op_id(op_id)
+        rid = check.entry_id_for_op(op, 0)
+    t = core.stamp(op=op)
     interaction = Interaction.model_validate({
         "id": rid, "timestamp": from_us(t.now),
         "user_message": user_message, "assistant_response": assistant_response,

@@ -66,21 +66,23 @@ class Retrying:
 
     Safe for writes because every write script carries an operation id: a write whose reply
     was lost, sent again, returns its first reply and changes nothing (storage/scripts.py).
-    The deadline counts from the start of the whole store operation. A deadline of 0 sends
-    each command once.
+    The deadline counts from an operation's first failure, so a call that meets none pays
+    nothing for it (a try block); a call that keeps failing gives up after the deadline, at
+    most one backoff (1 s) and one socket timeout later. A deadline of 0 sends each command
+    once.
     """
 
     BACKOFF_BASE, BACKOFF_CAP = 0.02, 1.0  # seconds: 20 ms, 40 ms, ... up to 1 s, jittered
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
-        backoff = ExponentialWithJitterBackoff(cap=self.BACKOFF_CAP, base=self.BACKOFF_BASE)
+        self.backoff = ExponentialWithJitterBackoff(cap=self.BACKOFF_CAP, base=self.BACKOFF_BASE)
         # retries=-1: no count limit; fail() below ends the loop at the deadline.
-        self.sync = Retry(backoff, -1, TRANSIENT)
-        self.asyncio = redis.asyncio.retry.Retry(backoff, -1, TRANSIENT)
+        self.sync = Retry(self.backoff, -1, TRANSIENT)
+        self.asyncio = redis.asyncio.retry.Retry(self.backoff, -1, TRANSIENT)
 
     def fail(self, started: float) -> Callable[[Exception], None]:
-        """The failure handler of one operation begun at ``started`` (time.monotonic())."""
+        """The failure handler of an operation that first failed at ``started``."""
 
         def fail(e: Exception) -> None:
             if _permanent(e) or time.monotonic() - started >= self.deadline:
@@ -88,14 +90,26 @@ class Retrying:
 
         return fail
 
-    def async_fail(self, started: float) -> Callable[[Exception], Awaitable[None]]:
-        """fail() for redis.asyncio's Retry, which awaits its failure handler."""
+    def again(self, cmd: Callable[[], Reply], first: Exception, started: float) -> Reply:
+        """``cmd`` sent again after its ``first`` failure, until it succeeds or fails for
+        good; ``started``: when the operation first failed."""
+        fail = self.fail(started)
+        fail(first)
+        time.sleep(self.backoff.compute(1))
+        return self.sync.call_with_retry(cmd, fail)
+
+    async def again_async(
+        self, cmd: Callable[[], Awaitable[Reply]], first: Exception, started: float
+    ) -> Reply:
+        """again() for asyncio (redis.asyncio's Retry awaits its failure handler)."""
         fail = self.fail(started)
 
         async def async_fail(e: Exception) -> None:
             fail(e)
 
-        return async_fail
+        fail(first)
+        await asyncio.sleep(self.backoff.compute(1))
+        return await self.asyncio.call_with_retry(cmd, async_fail)
 
 
 NO_RETRIES = Retrying(0)
@@ -151,12 +165,16 @@ class SyncDriver:
         self.replicas = replicas
 
     def run(self, op: Op[T]) -> T:
-        fail = self.retrying.fail(time.monotonic())
-        retry = self.retrying.sync
+        started = 0.0  # when a command of the operation first failed
         try:
             cmd = next(op)
             while True:
-                cmd = op.send(retry.call_with_retry(partial(self._execute, cmd), fail))
+                try:
+                    reply = self._execute(cmd)
+                except TRANSIENT as e:
+                    started = started or time.monotonic()
+                    reply = self.retrying.again(partial(self._execute, cmd), e, started)
+                cmd = op.send(reply)
         except StopIteration as stop:
             result: T = stop.value
             return result
@@ -275,12 +293,16 @@ class AsyncDriver:
 
     async def run(self, op: Op[T]) -> T:
         client = self.client_for_loop()
-        fail = self.retrying.async_fail(time.monotonic())
-        retry = self.retrying.asyncio
+        started = 0.0  # when a command of the operation first failed
         try:
             cmd = next(op)
             while True:
-                reply = await retry.call_with_retry(partial(self._execute, client, cmd), fail)
+                try:
+                    reply = await self._execute(client, cmd)
+                except TRANSIENT as e:
+                    started = started or time.monotonic()
+                    again = partial(self._execute, client, cmd)
+                    reply = await self.retrying.again_async(again, e, started)
                 cmd = op.send(reply)
         except StopIteration as stop:
             result: T = stop.value
