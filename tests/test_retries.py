@@ -90,6 +90,7 @@ def test_context_prefs_delete_merge_and_import_repeated_apply_once(m: SessionMan
     m.delete_session(sid, op_id="delete-1")
     m.delete_session(sid, op_id="delete-1")  # the first reply again, not "was deleted"
     assert _events(m, "delete") == 1
+    assert 0 < m.client.pttl(m.keys.ops(sid)) <= m.client.pttl(m.keys.tomb(sid))
 
     doc["session"]["session_id"] = copy = "imported-copy"
     for _ in range(2):  # not SessionExists the second time

@@ -180,8 +180,11 @@ local function once(apply)
   local reply = apply()
   if reply[1] ~= 'ok' then return reply end
   redis.call('HSET', OPS, OP, cmsgpack.pack({{tonumber(NOW), reply}}))
-  if redis.call('HLEN', OPS) > {OPS_KEEP} then forget_old_ops() end
-  redis.call('PEXPIREAT', OPS, EXP_MS)  -- a deleted session's: its tombstone's
+  local n = redis.call('HLEN', OPS)
+  -- A new hash: expire() ran before it existed. Else it slid with the session's keys (or
+  -- took its tombstone's time, in DELETE).
+  if n == 1 then redis.call('PEXPIREAT', OPS, EXP_MS)
+  elseif n > {OPS_KEEP} then forget_old_ops() end
   return reply
 end
 """
@@ -422,6 +425,7 @@ if ARGV[7] ~= '' then
 end
 redis.call('DEL', HASH, LOG)
 redis.call('SET', TOMB, tomb, 'PX', ARGV[8])
+redis.call('PEXPIRE', OPS, ARGV[8])  -- a repeated delete gets its first reply meanwhile
 unindex(uid)
 if ARGV[7] == '' then event('delete', uid) else event('merge', uid, 'into', ARGV[7]) end
 return {'ok', uid}
