@@ -78,14 +78,6 @@ def ack_event(
     return (yield from core.store.stream.ack(_consumer(consumer), eid, dead))
 
 
-def event_fields(event: Event) -> dict[str, str]:
-    """An event as the stream holds it: what a dead letter keeps of it."""
-    return {
-        "event": event.id, "kind": event.kind, "sid": event.session_id, "uid": event.user_id,
-        "op": event.op_id, "at": event.time.isoformat(), **event.extras,
-    }  # fmt: skip
-
-
 def _args(
     after: str | None, kinds: Collection[str] | None, limit: int
 ) -> tuple[str | None, frozenset[str] | None, int]:
