@@ -1,4 +1,4 @@
-"""Webhook delivery by the worker's leader, against HTTP receivers the tests start on
+"""Webhook delivery by the worker's leader (on one server; the first test on a cluster too), against HTTP receivers the tests start on
 127.0.0.1: one that answers, one that fails, one that is slow, one that comes back; a
 restart and a failover of the delivering worker. At least once: duplicates are counted
 and allowed, a lost event never is.
@@ -36,6 +36,7 @@ from redsession.services.webhooks import (
 from redsession.services.worker import Worker
 from redsession.storage.connection import sync_client
 from redsession.storage.keys import Keys
+from tests.topology import Cluster, redis_cluster  # noqa: F401  (the session's cluster)
 
 SECRET = "webhook-test-secret"
 K = Keys()
@@ -183,10 +184,10 @@ def test_signature_signs_the_exact_body() -> None:
 
 
 def test_every_event_is_delivered_once_signed_in_order(
-    redis_url: str, tmp_path: Path, receivers: Any, workers: Any
+    url: str, tmp_path: Path, receivers: Any, workers: Any
 ) -> None:
     r = receivers(_ok())
-    s = _settings(redis_url, tmp_path, [r.url])
+    s = _settings(url, tmp_path, [r.url])
     with SessionManager(sync_client(None, s), s) as m:
         _write_events(m, 30)
         workers(s)
