@@ -67,13 +67,13 @@ class Webhook:
         self.consumer = CONSUMER_PREFIX + url
         self.manager = manager
         self._live = live
-        self._secret = settings.webhook_secret.get_secret_value().encode() if (
-            settings.webhook_secret
-        ) else b""  # fmt: skip
+        secret = settings.webhook_secret  # Settings require one once a URL is set
+        self._secret = secret.get_secret_value().encode() if secret else b""
         self._attempts = settings.webhook_attempts
         self._backoff = settings.webhook_backoff.total_seconds()
         self._timeout = settings.webhook_timeout.total_seconds()
         self._stop = threading.Event()
+        self._failures = 0  # reads of the stream failed in a row
 
     def stop(self) -> None:
         self._stop.set()
@@ -81,20 +81,22 @@ class Webhook:
     def run(self) -> None:
         """Deliver until stop() or ``live()`` turns false; Redis outages are waited out."""
         with httpx2.Client(timeout=self._timeout, follow_redirects=False) as http:
-            failures = 0
-            while self._running():
-                try:
-                    self._deliver_from(http, self.manager.event_cursor(self.consumer))
-                except _Stopped:
-                    return
-                except RedsessionError as e:  # Redis unreachable past the retry deadline
-                    failures += 1
-                    log.warning("webhook %s: %s; reading the stream again", self.url, e)
-                    self._pause(min(BACKOFF_CAP, self._backoff * 2.0 ** min(failures, 16)))
+            try:
+                while self._running():
+                    try:
+                        self._deliver_from(http, self.manager.event_cursor(self.consumer))
+                    except RedsessionError as e:  # Redis unreachable past the retry deadline
+                        self._failures += 1
+                        log.warning("webhook %s: %s; reading the stream again", self.url, e)
+                        delay = self._backoff * 2.0 ** min(self._failures, 16)
+                        self._pause(min(BACKOFF_CAP, delay))
+            except _Stopped:
+                return
 
     def _deliver_from(self, http: httpx2.Client, after: str | None) -> None:
         while self._running():
             page = self.manager.wait_for_events(after, limit=PAGE, block=WAIT)
+            self._failures = 0
             for event in page.events:
                 if not self._running():
                     raise _Stopped
