@@ -1,7 +1,7 @@
-"""Webhook delivery by the worker's leader (on one server; the first test on a cluster too), against HTTP receivers the tests start on
+"""Webhook delivery by the worker's leader, against HTTP receivers the tests start on
 127.0.0.1: one that answers, one that fails, one that is slow, one that comes back; a
-restart and a failover of the delivering worker. At least once: duplicates are counted
-and allowed, a lost event never is.
+restart and a failover of the delivering worker (on one server; the first test on a
+cluster too). At least once: duplicates are counted and allowed, a lost event never is.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ MAX_EVENTS = 10_000  # per call: bounds one reply
 # A read filtered by kind looks at this many pages of the stream at most, then returns what
 # it found and where it stopped, so one call stays bounded however rare the kind.
 MAX_PAGES = 10
+MAX_FIELD = 64 * 1024  # bytes of one dead-letter field (an error message, an id)
 _BASE = ("kind", "sid", "uid", "op", "at")  # every event's fields (storage/scripts.py)
 
 
@@ -72,7 +73,10 @@ def ack_event(
     fields), it gave up on the event: it becomes a dead letter, counted in stats. Once per
     event, however often it is called. False: the cursor was already there or past it."""
     eid = check.event_id(event_id)
-    dead = [a for kv in (failed or {}).items() for a in kv]
+    if failed is not None and not isinstance(failed, Mapping):
+        raise InvalidInput(f"failed must be a mapping of text to text, not {check.show(failed)}")
+    dead = [check.text(a, "a dead letter's field", MAX_FIELD) for kv in (failed or {}).items()
+            for a in kv]  # fmt: skip
     if failed is not None and not dead:
         dead = ["error", "unknown"]
     return (yield from core.store.stream.ack(_consumer(consumer), eid, dead))

@@ -56,7 +56,11 @@ EVENT_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 
 def event_id(value: object) -> str:
     """An event stream id to read after: ``<ms>-<seq>`` as printed, or ``<ms>``."""
-    if not isinstance(value, str) or not EVENT_ID.fullmatch(value):
+    if (
+        not isinstance(value, str)
+        or not EVENT_ID.fullmatch(value)
+        or any(int(part) >= 2**64 for part in value.split("-"))
+    ):
         raise InvalidInput(
             f"invalid event id {show(value)}: use an id as events print it, e.g. 1764745200000-0"
         )
