@@ -630,7 +630,7 @@ def test_cli_commands_exit_cleanly_whatever_the_arguments(
         st.one_of(st.none(), st.binary(max_size=200), _export_docs(st.just(a)).map(_json_bytes)),
     )
 
-    @settings(FUZZ, max_examples=150)  # 13 commands; each run is a few milliseconds
+    @settings(FUZZ, max_examples=165)  # 14 commands; each run is a few milliseconds
     @given(args_strategy)
     @example(("list", [], "WARNING", None))
     @example(("show", ["no-such-session"], "WARNING", None))
