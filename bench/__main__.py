@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             from bench import memory
 
             tables += memory.memory(srv.url, smoke=args.smoke)
+            tables += memory.stream(srv.url, smoke=args.smoke)
         if "writes" in sections:
             from bench import writes
 

@@ -19,6 +19,8 @@ from redsession.errors import (
 )
 from redsession.manager import SessionManager
 from redsession.model.models import (
+    Event,
+    EventPage,
     Interaction,
     Session,
     SessionExport,
@@ -36,6 +38,8 @@ __all__ = [
     "ConcurrentModification",
     "ConfigError",
     "CorruptData",
+    "Event",
+    "EventPage",
     "Interaction",
     "InvalidInput",
     "InvalidSessionId",

@@ -80,6 +80,19 @@ class Settings(BaseSettings):
     # Resumes are frequent and rarely audited: their events are off unless asked for.
     events_resume: bool = False
 
+    # The worker's leader POSTs every event to each of these URLs (env: comma-separated),
+    # at least once, as JSON signed with webhook_secret; none by default.
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The HMAC-SHA256 key of each delivery's X-Redsession-Signature; required with URLs.
+    webhook_secret: SecretStr | None = None
+    # A receiver that has not answered in this long has failed that try.
+    webhook_timeout: timedelta = Field(default=timedelta(seconds=10), gt=timedelta(0))
+    # Tries per event before it becomes a dead letter (stats counts them; nothing is lost
+    # silently). With the backoff below, 8 tries span about two minutes.
+    webhook_attempts: int = Field(default=8, ge=1, le=100)
+    # The wait before the first retry; each next one doubles (jittered), up to a minute.
+    webhook_backoff: timedelta = Field(default=timedelta(seconds=1), gt=timedelta(0))
+
     # Fernet keys, newest first (env: comma-separated). Set: content is encrypted at rest;
     # the first key encrypts, all decrypt, so a new key can be rolled out before rotate-keys.
     encryption_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
@@ -136,9 +149,28 @@ class Settings(BaseSettings):
             raise ValueError("retry_deadline must be shorter than op_window")
         return self
 
-    @field_validator("encryption_keys", mode="before")
+    @field_validator("encryption_keys", "webhook_urls", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _http_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            scheme, sep, rest = url.partition("://")
+            if scheme.lower() not in ("http", "https") or not sep or not rest.strip("/"):
+                raise ValueError(f"webhook URL {url!r} must be http:// or https:// and name a host")
+        if len(set(urls)) != len(urls):
+            raise ValueError("a webhook URL is listed twice")
+        return urls
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> Settings:
+        # An unsigned delivery cannot be told from a forged one.
+        secret = self.webhook_secret.get_secret_value() if self.webhook_secret else ""
+        if self.webhook_urls and not secret:
+            raise ValueError("webhook_urls need a webhook_secret to sign each delivery")
+        return self

@@ -7,7 +7,7 @@ operations on an asyncio driver, so the two differ only in how the commands are 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import redis
 
 from redsession.config import Settings
-from redsession.core import history, sessions, stats, transfer
+from redsession.core import events, history, sessions, stats, transfer
 from redsession.core.base import Core
 from redsession.errors import ConfigError
 from redsession.maintenance import cleanup, repair, restore, rotation, snapshots
@@ -26,6 +26,7 @@ from redsession.maintenance.restore import RestoreReport
 from redsession.maintenance.rotation import RotationReport
 from redsession.maintenance.snapshots import DumpReport, Progress
 from redsession.model.models import (
+    EventPage,
     Interaction,
     Item,
     Session,
@@ -373,6 +374,42 @@ class SessionManager(ManagerBase):
                 self.core, primary_id, secondary_id, user_id, allow_cross_user, op_id
             )
         )
+
+    # -- the event stream ------------------------------------------------------------------
+
+    def events(
+        self,
+        after: str | None = None,
+        *,
+        kinds: Collection[str] | None = None,
+        limit: int = 100,
+    ) -> EventPage:
+        """Up to ``limit`` events after the id ``after`` (None: from the oldest kept), oldest
+        first, only of ``kinds`` if given; pass the page's ``after`` back for the next."""
+        return self.run(events.events(self.core, after, kinds, limit))
+
+    def wait_for_events(
+        self,
+        after: str | None = None,
+        *,
+        kinds: Collection[str] | None = None,
+        limit: int = 100,
+        block: float = 1.0,
+    ) -> EventPage:
+        """As events(), but wait up to ``block`` seconds for events when there are none yet
+        (the page may come back empty)."""
+        return self.run(events.wait_for_events(self.core, after, kinds, limit, block))
+
+    def event_cursor(self, consumer: str) -> str | None:
+        """The id of the last event ``consumer`` (e.g. a webhook URL) is done with."""
+        return self.run(events.consumer_cursor(self.core, consumer))
+
+    def ack_event(
+        self, consumer: str, event_id: str, *, failed: Mapping[str, str] | None = None
+    ) -> bool:
+        """``consumer`` is done with ``event_id`` (its cursor moves there, never back);
+        ``failed``: it gave up on it, and the event becomes a dead letter with these fields."""
+        return self.run(events.ack_event(self.core, consumer, event_id, failed))
 
     # -- maintenance ---------------------------------------------------------------------
 

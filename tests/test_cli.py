@@ -666,7 +666,8 @@ def test_version() -> None:
 def test_help_lists_every_command() -> None:
     text = CliRunner().invoke(cli, ["--help"]).stdout
     for name in ("list", "show", "export", "import", "merge", "delete", "cleanup", "dump",
-                 "restore", "stats", "server", "worker", "mcp", "up", "version"):  # fmt: skip
+                 "restore", "stats", "events", "server", "worker", "mcp", "up",
+                 "version"):  # fmt: skip
         assert f"  {name} " in text
 
 
@@ -974,3 +975,69 @@ def test_restore_under_keys_that_open_no_dump_exits_2_in_one_line(
     assert "restored 2" in result.stdout
     with SessionManager.from_url(redis_url, encryption_keys=[new, old]) as m:
         assert set(m.iter_session_ids()) == ids
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+def test_events_prints_a_table_or_ndjson_and_pages_on(invoke: Any, manager: SessionManager) -> None:
+    sid = _session(manager, messages=1)
+    manager.delete_session(sid)
+    table = invoke("events")
+    assert table.exit_code == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["time", "kind", "session", "user", "op", "id"]
+    assert [r.split()[2:4] for r in rows] == [["create", sid], ["log", sid], ["delete", sid]]
+    want = [e.model_dump(mode="json") for e in manager.events().events]
+    ndjson = invoke("events", "--json")
+    assert [orjson.loads(line) for line in ndjson.stdout.splitlines()] == want
+    assert "question" not in ndjson.stdout  # ids and kinds, never the messages
+    later = invoke("--json", "events", "--after", want[0]["id"], "--kind", "delete")
+    assert [orjson.loads(line)["kind"] for line in later.stdout.splitlines()] == ["delete"]
+    first = invoke("events", "--json", "--limit", "1")
+    assert len(first.stdout.splitlines()) == 1
+    assert f"more: redsession events --after {want[0]['id']}" in first.stderr
+    assert invoke("events", "--after", want[-1]["id"]).stdout == "no events\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--after", "nope"), ("--kind", "bogus"), ("--limit", "0"), ("--limit", "x"), ("--frob",)],
+)
+def test_events_bad_flags_get_one_line(invoke: Any, args: tuple[str, ...]) -> None:
+    _one_line_error(invoke("events", *args), cli_errors.EXIT_USAGE)
+
+
+def test_events_follow_prints_new_events_and_ctrl_c_ends_it_cleanly(
+    redis_url: str, manager: SessionManager
+) -> None:
+    sid = manager.create_session("alice").session_id
+    proc = _spawn("--redis-url", redis_url, "events", "--follow", "--json",
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    lines: list[dict[str, Any]] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            lines.append(orjson.loads(raw))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        _wait_until(lambda: len(lines) == 1, proc)  # what was there: the create
+        manager.log_interaction(sid, user_message="hello")
+        _wait_until(lambda: len(lines) == 2, proc)  # and what came while it followed
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(SUBPROCESS_TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(SUBPROCESS_TIMEOUT)
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    assert [(d["kind"], d["session_id"]) for d in lines] == [("create", sid), ("log", sid)]
+    assert err == b""

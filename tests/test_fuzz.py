@@ -31,6 +31,7 @@ from redsession import (
     Settings,
 )
 from redsession.maintenance.snapshots import sessions_dir
+from redsession.model.models import EVENT_KINDS
 from redsession.services.embedded import RedisServer
 from redsession.storage.keys import Keys
 
@@ -207,6 +208,33 @@ def _calls(sids: list[str]) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
         "restore_sessions": fb({}, optional={"overwrite_older": st.booleans()}),
         "rotate_keys": fb({}),
         "repair_indexes": fb({}, optional={"batch": count}),
+        "events": fb({}, optional=_event_reads()),
+        # Waits bounded to a few ms: a valid block would make each example wait for nothing.
+        "wait_for_events": fb({}, optional={**_event_reads(), "block": _blocks()}),
+        "event_cursor": fb({"consumer": weird_text | anything}),
+        "ack_event": fb(
+            {"consumer": weird_text | anything, "event_id": _event_ids()},
+            optional={"failed": st.none() | obj | st.dictionaries(weird_text, weird_text)},
+        ),
+    }
+
+
+def _blocks() -> st.SearchStrategy[Any]:
+    short = st.floats(max_value=0.01) | st.just(float("nan"))
+    return st.one_of(short, st.none(), st.text(max_size=3), st.booleans())
+
+
+def _event_ids() -> st.SearchStrategy[Any]:
+    big = st.integers(0, 2**65).map(str)
+    return st.one_of(maybe, weird_text, big, st.tuples(big, big).map("-".join), anything)
+
+
+def _event_reads() -> dict[str, st.SearchStrategy[Any]]:
+    kinds = st.lists(st.sampled_from(EVENT_KINDS) | weird_text, max_size=4)
+    return {
+        "after": _event_ids(),
+        "kinds": st.none() | kinds | kinds.map(tuple) | anything,
+        "limit": st.one_of(st.integers(-5, 50), st.integers(), anything),
     }
 
 
@@ -540,11 +568,12 @@ def test_dump_and_restore_write_nothing_outside_data_dir(
 
 # Commands that return; server, worker (without --check), mcp and up run until a signal.
 CLI_COMMANDS = ["list", "show", "export", "import", "merge", "delete", "cleanup", "dump",
-                "restore", "stats", "version", "repair-index", "rotate-keys"]  # fmt: skip
+                "restore", "stats", "version", "repair-index", "rotate-keys",
+                "events"]  # fmt: skip  (never --follow here: it runs until Ctrl-C)
 CLI_SERVICES = ["server", "worker", "mcp", "up"]
 CLI_OPTIONS = ["--user", "--limit", "--cursor", "--history", "--all", "-o", "--output",
                "--overwrite", "-y", "--yes", "--allow-cross-user", "--dry-run", "--from",
-               "--json", "--check", "--port", "--", "-"]  # fmt: skip
+               "--json", "--check", "--port", "--after", "--kind", "--", "-"]  # fmt: skip
 EXIT_CODES = set(range(7))
 
 
@@ -601,7 +630,7 @@ def test_cli_commands_exit_cleanly_whatever_the_arguments(
         st.one_of(st.none(), st.binary(max_size=200), _export_docs(st.just(a)).map(_json_bytes)),
     )
 
-    @settings(FUZZ, max_examples=150)  # 13 commands; each run is a few milliseconds
+    @settings(FUZZ, max_examples=165)  # 14 commands; each run is a few milliseconds
     @given(args_strategy)
     @example(("list", [], "WARNING", None))
     @example(("show", ["no-such-session"], "WARNING", None))

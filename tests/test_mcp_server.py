@@ -47,6 +47,7 @@ CONTRACT = {
     "set_user_preferences": ["user_id", "preferences"],
     "delete_session": ["session_id"],
     "import_session": ["document"],
+    "read_events": [],
 }
 OPTIONAL = {
     "list_sessions": {"user_id", "limit", "cursor"},
@@ -54,6 +55,7 @@ OPTIONAL = {
     "log_interaction": {"assistant_response", "metadata", "topics"},
     "get_session_context": {"history"},
     "import_session": {"overwrite"},
+    "read_events": {"after", "kinds", "limit"},
 }
 
 
@@ -766,6 +768,31 @@ async def test_another_users_deleted_or_merged_session_reads_as_one_that_never_e
             assert "deleted" in await fails(who, "get_session_context", {"session_id": deleted})
             args = {"session_id": merged, "user_message": "x"}
             assert f"merged into {primary!r}" in await fails(who, "log_interaction", args)
+
+
+async def test_read_events_is_for_admins_and_pages_the_stream(users_url: str) -> None:
+    async with (
+        http_mcp(users_url, token=ALICE_TOKEN) as alice,
+        http_mcp(users_url, token=TOKEN) as admin,
+    ):
+        sid = await start(alice, "alice")
+        await ok(alice, "log_interaction", {"session_id": sid, "user_message": "private"})
+        assert "admin" in await fails(alice, "read_events", {})
+        seen: list[dict[str, Any]] = []
+        page = await ok(admin, "read_events", {"limit": 7})
+        while page["events"]:  # the shared server may hold other tests' events: page on
+            seen += page["events"]
+            page = await ok(admin, "read_events", {"after": page["after"], "limit": 7})
+        assert page["events"] == []
+        assert page["after"] == seen[-1]["id"]
+        assert len({e["id"] for e in seen}) == len(seen)
+        mine = [e for e in seen if e["session_id"] == sid]
+        assert [(e["kind"], e["user_id"]) for e in mine] == [("create", "alice"), ("log", "alice")]
+        assert "private" not in str(seen)
+        logs = await ok(admin, "read_events", {"kinds": ["log"], "limit": 1000})
+        assert {e["kind"] for e in logs["events"]} == {"log"}
+        assert "invalid arguments" in await fails(admin, "read_events", {"kinds": ["bogus"]})
+        assert "invalid event id" in await fails(admin, "read_events", {"after": "x"})
 
 
 def test_a_bad_tokens_file_is_a_config_error(tmp_path: Path) -> None:

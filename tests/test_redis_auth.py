@@ -133,6 +133,13 @@ def test_acl_user_runs_every_manager_operation(
         assert m.cleanup_expired_sessions(dry_run=True) == 0
         assert m.cleanup().session_ids == []
         assert m.stats().sessions == 1
+        # The event stream's readers: a page, a wait, a consumer's cursor and dead letter.
+        page = m.events(limit=1000)
+        assert page.events
+        assert m.wait_for_events(page.after, block=0.05).events == []
+        assert m.ack_event("hook", page.events[0].id, failed={"error": "HTTP 500"})
+        assert m.event_cursor("hook") == page.events[0].id
+        assert m.stats().webhook_dead_letters == 1
         m.repair_indexes()
         # The worker's pieces: dumps (the dirty marks), restore, leader lock.
         assert m.dump_sessions(tmp_path).written >= 1

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from redsession import __version__
-from redsession.cli import maintenance, services, sessions
+from redsession.cli import events, maintenance, services, sessions
 from redsession.cli.errors import to_cli_error
 from redsession.cli.state import State
 from redsession.errors import RedsessionError
@@ -98,6 +98,7 @@ for _command in (
     maintenance.dump,
     maintenance.restore,
     maintenance.stats,
+    events.events,
     maintenance.repair_index,
     maintenance.rotate_keys,
     services.server,

@@ -31,6 +31,20 @@ class CliError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
 
 
+class OneLineCommand(click.Command):
+    """A command whose bad options and arguments get one line on stderr, as every other
+    error does, instead of click's usage block."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            if ctx.resilient_parsing:
+                raise
+            name = ctx.command_path
+            raise CliError(f"{name}: {e.format_message()} (see {name} --help)", EXIT_USAGE) from e
+
+
 def classify(error: RedsessionError) -> tuple[int, str]:
     """The exit code for ``error`` and what the user can do about it ("" if nothing useful)."""
     # Order matters: PermissionDenied is a SessionNotFound, StorageUnavailable a StorageError.

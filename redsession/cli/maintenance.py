@@ -103,6 +103,8 @@ def stats() -> None:
     table.add_row("oldest activity", when(s.oldest_activity))
     table.add_row("newest activity", when(s.newest_activity))
     table.add_row("expiring in 24 h", str(s.expiring_24h))
+    table.add_row("events", str(s.events))
+    table.add_row("webhook dead letters", str(s.webhook_dead_letters))
     console().print(table)
 
 

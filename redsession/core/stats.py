@@ -17,9 +17,10 @@ def stats(core: Core) -> Op[StoreStats]:
         total += yield from core.store.totals((yield from walk.next_page()))
     now = core.now()
     expiring = yield from core.store.upkeep.count_expiring(now, now + _DAY_US)
+    events, dead = yield from core.store.stream.counts()
     return StoreStats(
         sessions=n_s, users=n_u, interactions=total, redis_used_memory=memory,
         oldest_activity=from_us(oldest[0][1]) if oldest else None,
         newest_activity=from_us(newest[0][1]) if newest else None,
-        expiring_24h=expiring,
+        expiring_24h=expiring, events=events, webhook_dead_letters=dead,
     )  # fmt: skip

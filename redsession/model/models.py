@@ -211,3 +211,40 @@ class StoreStats(_Model):
     oldest_activity: AwareDatetime | None
     newest_activity: AwareDatetime | None
     expiring_24h: int
+    # The event stream: its length, and the events webhook delivery gave up on (all time).
+    events: int = 0
+    webhook_dead_letters: int = 0
+
+
+# What the write scripts put on the event stream (storage/scripts.py); "expire" comes from
+# cleanup, "resume" only with Settings.events_resume.
+EVENT_KINDS = (
+    "create", "log", "history", "context", "delete", "merge", "import", "restore", "rotate",
+    "expire", "resume",
+)  # fmt: skip
+
+
+class Event(_Model):
+    """One entry of the event stream: who changed which session, how, and when; never text.
+
+    ``id`` is the stream entry's id (``<ms>-<seq>``): pass it as ``after`` to read on from
+    there. ``extras`` holds a kind's own fields (a merge's ``into``: the primary's id).
+    A kind this version does not know still reads, as its name.
+    """
+
+    id: str
+    kind: str
+    session_id: str
+    user_id: str
+    time: AwareDatetime
+    op_id: str
+    extras: dict[str, str] = Field(default_factory=dict)
+
+
+class EventPage(_Model):
+    """Events oldest first; ``after``: the id to read on from (None: nothing was read yet).
+
+    ``after`` may lie past the last event shown when kinds were filtered out."""
+
+    events: list[Event]
+    after: str | None = None

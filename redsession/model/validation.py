@@ -8,7 +8,7 @@ import math
 import re
 import reprlib
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import orjson
 from pydantic import ValidationError
@@ -69,6 +69,34 @@ def op_id(value: object) -> str:
             f"invalid operation id {show(value)}: use 1-128 characters from A-Z a-z 0-9 _ . : -"
         )
     return value
+
+
+EVENT_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
+
+
+def event_id(value: object) -> str:
+    """An event stream id to read after: ``<ms>-<seq>`` as printed, or ``<ms>``."""
+    if (
+        not isinstance(value, str)
+        or not EVENT_ID.fullmatch(value)
+        or any(int(part) >= 2**64 for part in value.split("-"))
+    ):
+        raise InvalidInput(
+            f"invalid event id {show(value)}: use an id as events print it, e.g. 1764745200000-0"
+        )
+    return value
+
+
+def event_kinds(values: object, known: Sequence[str]) -> frozenset[str]:
+    """A set of event kinds to read, each one of ``known``."""
+    if isinstance(values, str) or not isinstance(values, (list, tuple, set, frozenset)):
+        raise InvalidInput(f"event kinds must be a list of names, not {show(values)}")
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        raise InvalidInput(
+            f"unknown event kind {show(unknown[0])}: use one of {', '.join(known)}"
+        )
+    return frozenset(values)
 
 
 def session_id(value: object) -> str:

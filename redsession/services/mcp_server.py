@@ -22,7 +22,14 @@ from redsession import __version__
 from redsession.async_manager import AsyncSessionManager
 from redsession.config import Settings
 from redsession.errors import ConfigError, RedsessionError
-from redsession.model.models import Interaction, Session, SessionExport, SessionPage
+from redsession.model.models import (
+    EVENT_KINDS,
+    EventPage,
+    Interaction,
+    Session,
+    SessionExport,
+    SessionPage,
+)
 from redsession.model.validation import problems
 from redsession.services.auth import BearerAuth, Caller, TokenTable, caller
 from redsession.storage.connection import async_client
@@ -49,6 +56,7 @@ UserId = Annotated[
     Field(description="The id of the user the session belongs to (A-Z a-z 0-9 _ . @ + = : -)."),
 ]
 JsonObject = dict[str, Any]
+EventKind = Literal[EVENT_KINDS]  # type: ignore[valid-type]  # the tuple, as a JSON enum
 Ctx = Context[Any, Any]
 
 
@@ -285,6 +293,23 @@ def build_server(manager: AsyncSessionManager, settings: Settings) -> Redsession
         """Remove expired sessions from the indexes (Redis has already expired their data)."""
         who(ctx).admin_only("cleanup_sessions")
         return Cleanup(removed=await manager.cleanup_expired_sessions())
+
+    @mcp.tool(annotations=reads)
+    async def read_events(
+        ctx: Ctx,
+        after: Annotated[
+            str | None,
+            Field(description="Only events after this id: the `after` of the previous page."),
+        ] = None,
+        kinds: Annotated[
+            list[EventKind] | None, Field(description="Only events of these kinds.")
+        ] = None,
+        limit: Annotated[int, Field(ge=1, le=1000, description="Events per page.")] = 100,
+    ) -> EventPage:
+        """For operators: the event stream, oldest first (who changed which session, how,
+        and when; never message text). Pass the page's `after` back for the next page."""
+        who(ctx).admin_only("read_events")  # every user's activity
+        return await manager.events(after, kinds=kinds, limit=limit)
 
     return mcp
 

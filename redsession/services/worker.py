@@ -37,6 +37,7 @@ from redsession.errors import RedsessionError, StorageUnavailable
 from redsession.maintenance.backup import run_backup
 from redsession.manager import SessionManager
 from redsession.services.leader import LeaderLock, read_heartbeat
+from redsession.services.webhooks import WebhookDelivery
 from redsession.storage.connection import sync_client
 from redsession.storage.keys import Keys
 
@@ -125,6 +126,9 @@ class Worker:
             executors={"default": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
+        # Webhook threads run beside the jobs (a slow receiver must not hold up a dump),
+        # only while this worker's lease holds.
+        self.webhooks = WebhookDelivery(settings, manager, lambda: self.lock.held)
         self.leading = False
         self.restored = not restore
         self._restore_queued = False
@@ -155,6 +159,8 @@ class Worker:
     def _shutdown(self) -> None:
         log.info("worker stopping: finishing the job in hand")
         self.scheduler.remove_all_jobs()
+        # A POST in flight ends within its timeout; its event is delivered again later.
+        self.webhooks.stop(wait=self.settings.webhook_timeout.total_seconds() + 1)
         # Keep the lease while the job in hand finishes, or another leader could start one.
         while not self._job_lock.acquire(timeout=self.tick()):
             pass
@@ -217,12 +223,14 @@ class Worker:
             self.scheduler.add_job(
                 self._run_job, self.triggers[name], args=(name,), id=name, name=name
             )
+        self.webhooks.start()
 
     def _step_down(self, why: str) -> None:
         log.warning("no longer leader: %s; stopping jobs", why)
         self.leading = False
         self.lock.forget()
         self.scheduler.remove_all_jobs()
+        self.webhooks.stop()
         self._restore_queued = False
 
     def _queue_restore(self) -> None:

@@ -28,6 +28,9 @@ GLOBAL_SUFFIXES = {
     # The event stream and the operation ids its cluster step has written, in one slot.
     "events": ":{events}",
     "event_ops": ":{events}:ops",
+    # What followers of the stream (the webhooks) keep: their cursors, their dead letters.
+    "event_consumers": ":{events}:consumers",
+    "event_dead": ":{events}:dead",
 }
 
 
@@ -142,6 +145,17 @@ class Keys:
     def event_ops(self) -> str:
         """HASH op id -> time: the events a cluster's second step has written (dedupe)."""
         return self.prefix + GLOBAL_SUFFIXES["event_ops"]
+
+    @property
+    def event_consumers(self) -> str:
+        """HASH "cursor:<consumer>" -> the last event id it is done with, and
+        "dead:<consumer>" -> how many events it gave up on (dead letters)."""
+        return self.prefix + GLOBAL_SUFFIXES["event_consumers"]
+
+    @property
+    def event_dead(self) -> str:
+        """STREAM of dead letters: events a consumer gave up on, with its name and why."""
+        return self.prefix + GLOBAL_SUFFIXES["event_dead"]
 
     # The worker.
     @property

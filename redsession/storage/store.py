@@ -32,6 +32,7 @@ from redsession.storage.commands import (
     raw_pairs,
     text,
 )
+from redsession.storage.events import EventStream
 from redsession.storage.indexes import members, scored
 from redsession.storage.keys import Keys
 from redsession.storage.upkeep import IndexUpkeep
@@ -57,6 +58,7 @@ class Store:
         self.keys = keys
         self.cluster = cluster
         self.upkeep = IndexUpkeep(keys)
+        self.stream = EventStream(keys, settings.events_maxlen)  # reading it (events.py)
         self._prefs_ms = int(settings.preferences_ttl.total_seconds() * 1000)
         self._tomb_ms = int(settings.session_ttl.total_seconds() * 1000)
         self._events = settings.events_maxlen
