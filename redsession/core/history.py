@@ -16,7 +16,12 @@ import orjson
 
 from redsession.core.base import Core
 from redsession.core.sessions import checked_scope, checked_state
-from redsession.errors import ConcurrentModification, InvalidInput, PayloadTooLarge
+from redsession.errors import (
+    ConcurrentModification,
+    InvalidInput,
+    PayloadTooLarge,
+    RevisionConflict,
+)
 from redsession.model import validation as check
 from redsession.model.codec import (
     encode_interaction,
@@ -33,7 +38,7 @@ from redsession.model.models import (
     interaction_items,
 )
 from redsession.storage.commands import Op
-from redsession.storage.store import Stamp
+from redsession.storage.store import Revision, Stamp
 
 _US = timedelta(microseconds=1)
 
@@ -83,14 +88,22 @@ def log_interaction(
 def _append(
     core: Core, sid: str, owner: str | None, records: Sequence[bytes], topics: Sequence[str],
     t: Stamp, create_for: str | None, scope: bytes = b"", state: Sequence[bytes | str] = (),
+    revision: Revision | None = None,
 ) -> Op[int]:  # fmt: skip
     limit = core.settings.max_topics
     status, n = yield from core.store.append(
-        sid, owner, records, topics, limit, t, create_for, scope, state
+        sid, owner, records, topics, limit, t, create_for, scope, state, revision
     )
     if status == "limit":
         raise PayloadTooLarge(f"session {sid!r} would exceed {limit} topics")
+    if status == "conflict":
+        raise RevisionConflict(sid)
     return n
+
+
+def checked_revision(expected: object, new: object) -> Revision:
+    """A revision check: ``expected`` None means the session must not exist yet."""
+    return Revision(None if expected is None else check.revision(expected), check.revision(new))
 
 
 def _items(
@@ -141,20 +154,40 @@ def append_items(
     ids: Sequence[str] | None, topics: Sequence[str] | None, create_for: str | None,
     state: Mapping[str, Any] | None = None, scope: Mapping[str, str] | None = None,
     times: Sequence[datetime] | None = None, op_id: str | None = None,
+    revision: tuple[str | None, str] | None = None,
 ) -> Op[list[Item]]:  # fmt: skip
     """Append framework items and set session ``state`` keys with them, in one script;
-    ``create_for`` creates a missing session for that user, with ``scope``."""
+    ``create_for`` creates a missing session for that user, with ``scope``.
+
+    ``revision`` (expected, new): only if the session's revision is ``expected`` (None: only
+    if the session does not exist yet, which may reuse an id its owner deleted), and then
+    set it to ``new``, in the same script; RevisionConflict otherwise.
+    """
     sid, owner = check.session_id(session_id), core.owner(user_id)
     create = None if create_for is None else check.user_id(create_for)
     tops = check.topics(topics, core.settings.max_topics)
     fields = state_fields(checked_state(core, state), core.cipher)
     sc = scope_field(checked_scope(core, scope))
+    rev = None if revision is None else checked_revision(*revision)
+    if rev is not None and rev.expected is None and create is None:
+        raise InvalidInput("a revision check for a new session needs create_for")
     t = core.stamp(op=core.op(op_id))
     models, records = _items(core, items, from_us(t.now), ids, times)
-    if not records and not fields:
+    if not records and not fields and rev is None:
         return []
-    yield from _append(core, sid, owner, records, tops, t, create, sc, fields)
+    yield from _append(core, sid, owner, records, tops, t, create, sc, fields, rev)
     return models
+
+
+def get_entry(
+    core: Core, session_id: str, entry_id: str, user_id: str | None
+) -> Op[Interaction | Item | None]:
+    """The history entry with that id, or None. O(entries newer than it); not counted as
+    activity."""
+    sid, owner = check.session_id(session_id), core.owner(user_id)
+    eid, t = check.entry_id(entry_id), core.stamp()
+    rec = yield from core.follow(sid, lambda s: core.store.entry(s, owner, t, eid))
+    return None if rec is None else core.decode([rec])[0]
 
 
 def get_items(

@@ -8,7 +8,12 @@ from typing import Any
 import orjson
 
 from redsession.core.base import Core
-from redsession.errors import ConcurrentModification, InvalidInput, SessionNotFound
+from redsession.errors import (
+    ConcurrentModification,
+    InvalidInput,
+    RevisionConflict,
+    SessionNotFound,
+)
 from redsession.model import validation as check
 from redsession.model.codec import (
     loads,
@@ -98,10 +103,15 @@ def _fetch(core: Core, sid: str, owner: str | None, *, touch: bool, history: int
 
 
 def delete_session(
-    core: Core, session_id: str, user_id: str | None, op_id: str | None = None
-) -> Op[None]:
+    core: Core, session_id: str, user_id: str | None, op_id: str | None = None,
+    revision: str | None = None,
+) -> Op[None]:  # fmt: skip
+    """Replace the session by a tombstone; with ``revision``, only if that is the session's
+    revision (RevisionConflict otherwise)."""
     sid, owner = check.session_id(session_id), core.owner(user_id)
-    yield from core.store.delete(sid, owner, core.stamp(op=core.op(op_id)))
+    rev = "" if revision is None else check.revision(revision)
+    if not (yield from core.store.delete(sid, owner, core.stamp(op=core.op(op_id)), revision=rev)):
+        raise RevisionConflict(sid)
 
 
 def update_context(

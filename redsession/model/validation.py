@@ -51,6 +51,15 @@ def op_id(value: object) -> str:
     return value
 
 
+def revision(value: object) -> str:
+    """A session's revision, as a framework names it (an opaque token it compares)."""
+    if not isinstance(value, str) or not OP_ID.fullmatch(value):
+        raise InvalidInput(
+            f"invalid revision {show(value)}: use 1-128 characters from A-Z a-z 0-9 _ . : -"
+        )
+    return value
+
+
 def session_id(value: object) -> str:
     if not isinstance(value, str) or not SESSION_ID.fullmatch(value):
         raise InvalidSessionId(

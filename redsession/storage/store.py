@@ -50,6 +50,17 @@ class Stamp(NamedTuple):
     op: str = ""
 
 
+class Revision(NamedTuple):
+    """A revision check on a write: the revision the caller read (None: the session must not
+    exist yet) and the one the write sets. The session hash keeps it as 'revision'."""
+
+    expected: str | None
+    new: str
+
+    def args(self) -> tuple[str, str]:
+        return ("new" if self.expected is None else "=" + self.expected), self.new
+
+
 class Store:
     """The Redis operations of the session store, as generators of commands."""
 
@@ -149,23 +160,32 @@ class Store:
             yield from self._index(sid, text(uid), t)
         return list(records)
 
+    def entry(self, sid: str, owner: str | None, t: Stamp, rid: str) -> Op[bytes | None]:
+        """The record whose id is ``rid``, or None (see scripts.ENTRY)."""
+        reply = yield from self._run(scripts.ENTRY, sid, owner, t, rid)
+        return reply[2] if len(reply) > 2 else None
+
     def append(
         self, sid: str, owner: str | None, records: Sequence[bytes], topics: Sequence[str],
         max_topics: int, t: Stamp, create_for: str | None = None, scope: bytes = b"",
-        state: Sequence[bytes | str] = (),
+        state: Sequence[bytes | str] = (), revision: Revision | None = None,
     ) -> Op[tuple[str, int]]:  # fmt: skip
         """Append records (and set ``state`` fields with them); returns (status, log length).
-        Status 'limit': too many topics.
+        Status 'limit': too many topics; 'conflict': not the ``revision`` expected.
 
         ``create_for``: create the session for that user (with ``scope``) when it does not
-        exist; it never resurrects a deleted or merged one.
+        exist; it never resurrects a deleted or merged one (but see scripts.APPEND for a
+        revision-checked create).
         """
+        want, new = ("", "") if revision is None else revision.args()
         reply = yield from self._run(
             scripts.APPEND, sid, owner, t, max_topics, len(records), *records,
-            create_for or "", scope, len(state), *state, *topics,
+            create_for or "", scope, len(state), *state, want, new, *topics,
         )  # fmt: skip
         if reply[0] == "limit":
             return "limit", int(reply[1])
+        if reply[0] == "conflict":
+            return "conflict", 0
         uid, created = text(reply[1]), bool(int(reply[3]))
         yield from self._index(sid, uid, t, created=created)
         if created:
@@ -208,13 +228,15 @@ class Store:
         return True
 
     def delete(
-        self, sid: str, owner: str | None, t: Stamp, merged_into: tuple[str, str] | None = None
-    ) -> Op[bool]:
+        self, sid: str, owner: str | None, t: Stamp, merged_into: tuple[str, str] | None = None,
+        revision: str = "",
+    ) -> Op[bool]:  # fmt: skip
         """Replace the session by a tombstone. ``merged_into`` (primary, its owner): the last
-        step of a merge, only while the session is fenced for it (False when it is not)."""
+        step of a merge, only while the session is fenced for it (False when it is not).
+        ``revision``: only if the session's revision is that one (False when it is not)."""
         primary, p_owner = merged_into or ("", "")
         reply = yield from self._run(
-            scripts.DELETE, sid, owner, t, primary, self._tomb_ms, p_owner
+            scripts.DELETE, sid, owner, t, primary, self._tomb_ms, p_owner, revision
         )
         if reply[0] == "conflict":
             return False
