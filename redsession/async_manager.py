@@ -115,9 +115,10 @@ class AsyncSessionManager(ManagerBase):
         history: int = 0,
         user_id: str | None = None,
         follow_merged: bool = True,
+        slide: bool = False,
     ) -> Session:
         return await self.run(
-            sessions.get_session(self.core, session_id, history, user_id, follow_merged)
+            sessions.get_session(self.core, session_id, history, user_id, follow_merged, slide)
         )
 
     async def delete_session(

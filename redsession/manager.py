@@ -138,13 +138,16 @@ class SessionManager(ManagerBase):
         history: int = 0,
         user_id: str | None = None,
         follow_merged: bool = True,
+        slide: bool = False,
     ) -> Session:
         """The session without touching its expiry, with ``history`` newest interactions.
 
         A merged id reads its primary, unless ``follow_merged`` is False (SessionMerged).
+        ``slide``: slide its expiry after all, without counting the read as activity (its
+        last_activity, and so its place in the listings, stays).
         """
         return self.run(
-            sessions.get_session(self.core, session_id, history, user_id, follow_merged)
+            sessions.get_session(self.core, session_id, history, user_id, follow_merged, slide)
         )
 
     def delete_session(

@@ -89,16 +89,25 @@ def create_or_resume_session(core: Core, user_id: str, session_id: str | None) -
 
 
 def get_session(
-    core: Core, session_id: str, history: int, user_id: str | None, follow_merged: bool = True
-) -> Op[Session]:
+    core: Core, session_id: str, history: int, user_id: str | None, follow_merged: bool = True,
+    slide: bool = False,
+) -> Op[Session]:  # fmt: skip
+    """The session and its newest ``history`` entries; ``slide`` slides its expiry (the
+    read keeps it alive) without counting as activity (its place in the listings stays)."""
     sid, owner = check.session_id(session_id), core.owner(user_id)
     n = max(0, check.integer(history, "history"))
-    read = lambda s: _fetch(core, s, owner, touch=False, history=n)  # noqa: E731
+    if not isinstance(slide, bool):
+        raise InvalidInput(f"slide must be a bool, not {check.show(slide)}")
+    read = lambda s: _fetch(core, s, owner, touch=False, history=n, slide=slide)  # noqa: E731
     return (yield from core.follow(sid, read, follow_merged))
 
 
-def _fetch(core: Core, sid: str, owner: str | None, *, touch: bool, history: int) -> Op[Session]:
-    h, raw = yield from core.store.fetch(sid, owner, core.stamp(), touch=touch, history=history)
+def _fetch(
+    core: Core, sid: str, owner: str | None, *, touch: bool, history: int, slide: bool = False
+) -> Op[Session]:
+    h, raw = yield from core.store.fetch(
+        sid, owner, core.stamp(), touch=touch, history=history, slide=slide
+    )
     return session_from_hash(sid, h, raw, core.cipher)
 
 

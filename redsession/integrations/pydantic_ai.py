@@ -177,9 +177,11 @@ class RedsessionConversationStore(ConversationStore):
 
     # -- records ---------------------------------------------------------------------------
 
-    async def _read_session(self, sid: str) -> ConversationRecord | None:
+    async def _read_session(self, sid: str, slide: bool = True) -> ConversationRecord | None:
+        """The record of a session; ``slide``: the read keeps the conversation alive (a
+        listing's does not)."""
         try:
-            session = await self.manager.get_session(sid, follow_merged=False)
+            session = await self.manager.get_session(sid, follow_merged=False, slide=slide)
         except SessionNotFound:
             return None
         record = _record_of(session)
@@ -203,7 +205,7 @@ class RedsessionConversationStore(ConversationStore):
         while limit is None or len(found) < limit:
             page = await self.manager.list_active_sessions(owner, limit=_PAGE, cursor=cursor)
             sids = [s.session_id for s in page.sessions if s.session_id.startswith(_PREFIXES)]
-            for record in await asyncio.gather(*(self._read_session(s) for s in sids)):
+            for record in await asyncio.gather(*(self._read_session(s, slide=False) for s in sids)):
                 if record is not None and (scope is None or record.scope == scope):
                     found.append(record)
             if page.next_cursor is None:

@@ -227,7 +227,8 @@ return {{'ok'}}
 """,
 )
 
-# ARGV[7] '1' to count as activity (resume), '2' the same with a 'resume' event, or '0' (a
+# ARGV[7] '1' to count as activity (resume), '2' the same with a 'resume' event, '3' to
+# slide the expiry only (the activity time, which orders the listings, stays), or '0' (a
 # plain read), ARGV[8] how many of the newest records to return (-1: all of them).
 # Reply: {'ok', HGETALL as a flat list, newest records oldest first}.
 FETCH = _session(
@@ -236,6 +237,7 @@ FETCH = _session(
 local uid, err = owner(false)
 if not uid then return err end
 if ARGV[7] ~= '0' then
+  if ARGV[7] == '3' then ACTIVE = redis.call('HGET', HASH, 'last_activity') end
   touch(uid)
   index(uid)
   if ARGV[7] == '2' then event('resume', uid) end

@@ -123,17 +123,22 @@ class Store:
         yield from self._event("create", sid, uid, t)
 
     def fetch(
-        self, sid: str, owner: str | None, t: Stamp, *, touch: bool, history: int
-    ) -> Op[tuple[dict[str, bytes], list[Reply]]]:
+        self, sid: str, owner: str | None, t: Stamp, *, touch: bool, history: int,
+        slide: bool = False,
+    ) -> Op[tuple[dict[str, bytes], list[Reply]]]:  # fmt: skip
         """The session hash (field names as text, values as stored) and its newest
-        ``history`` records (-1: all of them)."""
-        mode = ("2" if self._resume_events else "1") if touch else "0"
+        ``history`` records (-1: all of them). ``touch`` counts the read as activity;
+        ``slide`` only slides the expiry (the listings' order stays)."""
+        mode = ("2" if self._resume_events else "1") if touch else "3" if slide else "0"
         _, flat, hist = yield from self._run(scripts.FETCH, sid, owner, t, mode, history)
         h = raw_hash(flat)
         if touch:
             yield from self._index(sid, text(h["user_id"]), t)
             if self._resume_events:
                 yield from self._event("resume", sid, text(h["user_id"]), t)
+        elif slide:
+            kept = Stamp(int(h["last_activity"]), t.expires, t.now)
+            yield from self._index(sid, text(h["user_id"]), kept)
         return h, hist
 
     def history(
