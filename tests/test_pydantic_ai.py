@@ -268,6 +268,10 @@ async def test_branching_keeps_the_history_it_leaves(store: RedsessionConversati
     now = await store.load("br")
     assert now is not None
     assert prompts(now) == ["one", "two, edited"]
+    # A window that reaches past the branch point, across the branch it left in the log.
+    window = await store.load("br", limit=3)
+    assert window is not None
+    assert window.messages == now.messages[-3:]
     record = await store.read_record("br")
     assert record is not None
     assert record.branches == [old.head_id]

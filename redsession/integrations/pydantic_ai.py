@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import re
 from collections import OrderedDict
@@ -267,14 +268,18 @@ class RedsessionConversationStore(ConversationStore):
         return entry if entry is not None and entry.id == entry_id else None
 
     async def _chain(self, sid: str, tip: str, limit: int | None) -> list[ConversationEntry]:
-        """The history up to ``tip`` in a session, oldest first, at most ``limit`` of it: one
-        read of the session's log, then the parent links followed in memory (the log holds
-        every branch). KeyError when the session or the entry is gone."""
+        """The history up to ``tip`` in a session, oldest first, at most ``limit`` of it:
+        records read from the log, then the parent links followed in memory (the log holds
+        every branch). With a limit, the newest ``limit`` records first: enough when ``tip``
+        is the newest entry and no branch is interleaved; else the whole log. KeyError when
+        the session or the entry is gone."""
         try:
-            by_id = await self._entries(sid)
+            if limit is not None:
+                with contextlib.suppress(KeyError):  # the line goes back past those records
+                    return _walk(await self._entries(sid, limit), tip, limit)
+            return _walk(await self._entries(sid), tip, limit)
         except SessionNotFound as e:
             raise KeyError(tip) from e
-        return _walk(by_id, tip, limit)
 
     async def delete_record(self, conversation_id: str, *, expected_revision: str) -> None:
         """Delete the conversation's session, and every entry with it (a fork has its own
@@ -305,10 +310,10 @@ class RedsessionConversationStore(ConversationStore):
             raise KeyError(entry_id)
         return entry
 
-    async def _entries(self, sid: str) -> dict[str, ConversationEntry]:
-        """Every entry of a session's history, by id (one read)."""
+    async def _entries(self, sid: str, newest: int | None = None) -> dict[str, ConversationEntry]:
+        """The entries of a session's history (its ``newest`` records; None: all), by id."""
         out: dict[str, ConversationEntry] = {}
-        for e in await self.manager.get_history(sid):
+        for e in await self.manager.get_history(sid, limit=newest):
             entry = _entry(e.item) if isinstance(e, Item) else None
             if entry is not None:
                 out[entry.id] = entry
@@ -318,7 +323,7 @@ class RedsessionConversationStore(ConversationStore):
     async def read_history(
         self, head_id: str | None, *, limit: int | None = None
     ) -> list[ConversationEntry]:
-        """The history up to ``head_id`` (see _chain): O(the conversation's log)."""
+        """The history up to ``head_id`` (see _chain)."""
         if head_id is None:
             return []
         return await self._chain(self._session_of(head_id), head_id, limit)
