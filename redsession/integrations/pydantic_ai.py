@@ -107,17 +107,16 @@ def _item(entry: ConversationEntry) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _entry(item: dict[str, Any]) -> ConversationEntry | None:
-    """The entry an item holds; None for an item that is not one (another framework's)."""
-    if item.get(_MARK) != "entry":
-        return None
+def _entries_of(items: Sequence[dict[str, Any]]) -> list[ConversationEntry]:
+    """The entries the items hold (see _item), their messages validated in one call."""
     try:
-        (message,) = ModelMessagesTypeAdapter.validate_python([item["message"]])
-        return ConversationEntry(
-            id=item["id"], parent_id=item["parent_id"], kind=item["kind"], message=message
-        )
+        messages = ModelMessagesTypeAdapter.validate_python([i["message"] for i in items])
+        return [
+            ConversationEntry(id=i["id"], parent_id=i["parent_id"], kind=i["kind"], message=m)
+            for i, m in zip(items, messages)
+        ]
     except (KeyError, ValueError) as e:  # ValidationError is a ValueError
-        raise UserError(f"entry {item.get('id')!r} in the store is malformed: {e}") from e
+        raise UserError(f"an entry in the store is malformed: {e}") from e
 
 
 def _record_of(session: Session) -> ConversationRecord | None:
@@ -264,8 +263,9 @@ class RedsessionConversationStore(ConversationStore):
             e = await self.manager.get_entry(sid, _item_id(entry_id))
         except SessionNotFound:
             return None
-        entry = _entry(e.item) if isinstance(e, Item) else None
-        return entry if entry is not None and entry.id == entry_id else None
+        if not isinstance(e, Item) or e.item.get(_MARK) != "entry" or e.item["id"] != entry_id:
+            return None
+        return _entries_of([e.item])[0]
 
     async def _chain(self, sid: str, tip: str, limit: int | None) -> list[ConversationEntry]:
         """The history up to ``tip`` in a session, oldest first, at most ``limit`` of it:
@@ -276,8 +276,8 @@ class RedsessionConversationStore(ConversationStore):
         try:
             if limit is not None:
                 with contextlib.suppress(KeyError):  # the line goes back past those records
-                    return _walk(await self._entries(sid, limit), tip, limit)
-            return _walk(await self._entries(sid), tip, limit)
+                    return _entries_of(_walk(await self._items(sid, limit), tip, limit))
+            return _entries_of(_walk(await self._items(sid), tip, limit))
         except SessionNotFound as e:
             raise KeyError(tip) from e
 
@@ -310,13 +310,11 @@ class RedsessionConversationStore(ConversationStore):
             raise KeyError(entry_id)
         return entry
 
-    async def _entries(self, sid: str, newest: int | None = None) -> dict[str, ConversationEntry]:
-        """The entries of a session's history (its ``newest`` records; None: all), by id."""
-        out: dict[str, ConversationEntry] = {}
-        for e in await self.manager.get_history(sid, limit=newest):
-            entry = _entry(e.item) if isinstance(e, Item) else None
-            if entry is not None:
-                out[entry.id] = entry
+    async def _items(self, sid: str, newest: int | None = None) -> dict[str, dict[str, Any]]:
+        """The entry items of a session's history (its ``newest`` records; None: all), by
+        entry id: read as plain JSON, not validated (the line walked is, in one call)."""
+        items = await self.manager.get_items(sid, limit=newest, touch=False)
+        out = {i["id"]: i for i in items if i.get(_MARK) == "entry"}
         self._remember(sid, list(out))
         return out
 
@@ -329,18 +327,16 @@ class RedsessionConversationStore(ConversationStore):
         return await self._chain(self._session_of(head_id), head_id, limit)
 
 
-def _walk(
-    by_id: dict[str, ConversationEntry], tip: str, limit: int | None
-) -> list[ConversationEntry]:
+def _walk(by_id: dict[str, dict[str, Any]], tip: str, limit: int | None) -> list[dict[str, Any]]:
     """From ``tip`` back along the parent links, at most ``limit``; oldest first."""
-    line: list[ConversationEntry] = []
+    line: list[dict[str, Any]] = []
     at: str | None = tip
     while at is not None and (limit is None or len(line) < limit):
-        entry = by_id.get(at)
-        if entry is None:
+        item = by_id.get(at)
+        if item is None:
             raise KeyError(at)
-        line.append(entry)
-        at = entry.parent_id
+        line.append(item)
+        at = item["parent_id"]
         if len(line) > len(by_id):
             raise UserError(f"entry {tip!r}: its parent links make a loop")
     line.reverse()
