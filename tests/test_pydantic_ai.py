@@ -24,6 +24,7 @@ from pydantic_ai.conversation_store import (
     ConversationEntry,
     ConversationRecord,
 )
+from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, UserPromptPart
 from pydantic_ai.models.test import TestModel
 
@@ -416,3 +417,21 @@ def test_the_example_continues_its_conversation_in_a_second_process(tmp_path: Pa
     assert "stored messages before this turn: 2" in second
     assert "  user: Hello, my name is Ada.\n" in second
     assert "conversations in scope 'me': 1" in second
+
+
+async def test_bad_input_is_refused_and_nothing_is_written(url: str) -> None:
+    store = RedsessionConversationStore.from_url(url, max_message_bytes=1024)
+    try:
+        big = ConversationEntry(parent_id=None, message=request("x" * 4096))
+        rec = ConversationRecord(conversation_id="big", head_id=big.id)
+        with pytest.raises(UserError, match="cannot be stored"):
+            await store.write_record(rec, new_entries=[big], expected_revision=None)
+        assert await store.read_record("big") is None
+        bad = ConversationRecord(conversation_id="bad", head_id=None, revision="not a token")
+        with pytest.raises(UserError, match="invalid revision"):
+            await store.write_record(bad, expected_revision=None)
+        assert await store.read_record("bad") is None
+        with pytest.raises(UserError):
+            await store.read_records(limit=-1)
+    finally:
+        await store.close()
