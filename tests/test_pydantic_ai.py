@@ -435,3 +435,28 @@ async def test_bad_input_is_refused_and_nothing_is_written(url: str) -> None:
             await store.read_records(limit=-1)
     finally:
         await store.close()
+
+
+async def test_a_conversation_dumped_and_restored_carries_on(
+    redis_url: str, tmp_path: Path
+) -> None:
+    store = RedsessionConversationStore.from_url(redis_url, data_dir=tmp_path / "data")
+    try:
+        await turn(store, "kept", "one", scope="alice")
+        before = await turn(store, "kept", "two", scope="alice")
+        await store.manager.dump_sessions()
+        with redis.Redis.from_url(redis_url) as r:
+            r.flushall()  # the suite's own server: Redis lost its data
+        assert await store.load("kept") is None
+        report = await store.manager.restore_sessions()
+        assert report.restored == 1
+        after = await store.load("kept", scope="alice")
+        assert after is not None
+        assert (after.messages, after.revision, after.usage) == (
+            before.messages, before.revision, before.usage
+        )
+        result = await agent().run("three", conversation=after)
+        await store.save(result)  # the restored revision is the one to save against
+        assert prompts(await store.load("kept")) == ["one", "two", "three"]  # type: ignore[arg-type]
+    finally:
+        await store.close()
