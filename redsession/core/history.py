@@ -101,8 +101,12 @@ def _append(
     return n
 
 
-def checked_revision(expected: object, new: object) -> Revision:
-    """A revision check: ``expected`` None means the session must not exist yet."""
+def checked_revision(revision: object) -> Revision:
+    """A revision check (expected, new): ``expected`` None means the session must not exist
+    yet."""
+    if not isinstance(revision, (tuple, list)) or len(revision) != 2:
+        raise InvalidInput(f"revision must be (expected, new), not {check.show(revision)}")
+    expected, new = revision
     return Revision(None if expected is None else check.revision(expected), check.revision(new))
 
 
@@ -168,7 +172,7 @@ def append_items(
     tops = check.topics(topics, core.settings.max_topics)
     fields = state_fields(checked_state(core, state), core.cipher)
     sc = scope_field(checked_scope(core, scope))
-    rev = None if revision is None else checked_revision(*revision)
+    rev = None if revision is None else checked_revision(revision)
     if rev is not None and rev.expected is None and create is None:
         raise InvalidInput("a revision check for a new session needs create_for")
     t = core.stamp(op=core.op(op_id))
