@@ -180,8 +180,11 @@ local function once(apply)
   local reply = apply()
   if reply[1] ~= 'ok' then return reply end
   redis.call('HSET', OPS, OP, cmsgpack.pack({{tonumber(NOW), reply}}))
-  if redis.call('HLEN', OPS) > {OPS_KEEP} then forget_old_ops() end
-  redis.call('PEXPIREAT', OPS, EXP_MS)  -- a deleted session's: its tombstone's
+  local n = redis.call('HLEN', OPS)
+  -- A new hash: expire() ran before it existed. Else it slid with the session's keys (or
+  -- took its tombstone's time, in DELETE).
+  if n == 1 then redis.call('PEXPIREAT', OPS, EXP_MS)
+  elseif n > {OPS_KEEP} then forget_old_ops() end
   return reply
 end
 """
@@ -195,7 +198,8 @@ def _session(name: str, body: str) -> Script:
 
 def _write(name: str, body: str) -> Script:
     """A script that changes a session: once per operation id (PRELUDE's once)."""
-    return Script(name, f"{PRELUDE}local function apply()\n{body}\nend\nreturn once(apply)\n")
+    source = f"{PRELUDE}local function apply()\n{body}\nend\nreturn once(apply)\n"
+    return Script(name, source, writes=True)
 
 
 def _new_hash(uid: str, context: str, created: str) -> str:
@@ -223,7 +227,7 @@ fields(10, 12, #ARGV)
 expire()
 index(ARGV[7], true)
 event('create', ARGV[7])
-return {{'ok'}}
+return {{'ok', ARGV[9]}}
 """,
 )
 
@@ -339,8 +343,8 @@ end
 # A 'new' write may replace its own owner's 'deleted' tombstone (the id is reused on
 # purpose: a late write carries the revision it read, which no longer exists).
 # O(k + m) whatever the history length; O(topics) for the topic union.
-# Reply: {'ok', owner, new length, 1 if it created the session else 0}, {'limit', topic
-# count} or {'conflict'} when the revision is not the one expected.
+# Reply: {'ok', owner, new length, 1 if it created the session else 0, the first record's
+# time}, {'limit', topic count} or {'conflict'} when the revision is not the one expected.
 APPEND = _write(
     "append",
     f"""
@@ -377,7 +381,7 @@ touch(uid, n)
 index(uid, created)
 if created then event('create', uid) end
 event('log', uid)
-return {{'ok', uid, n, created and 1 or 0}}
+return {{'ok', uid, n, created and 1 or 0, k > 0 and rtime(ARGV[9]) or ''}}
 """,
 )
 
@@ -467,6 +471,7 @@ if ARGV[7] ~= '' then
 end
 redis.call('DEL', HASH, LOG)
 redis.call('SET', TOMB, tomb, 'PX', ARGV[8])
+redis.call('PEXPIRE', OPS, ARGV[8])  -- a repeated delete gets its first reply meanwhile
 unindex(uid)
 if ARGV[7] == '' then event('delete', uid) else event('merge', uid, 'into', ARGV[7]) end
 return {'ok', uid}
