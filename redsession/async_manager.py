@@ -116,15 +116,21 @@ class AsyncSessionManager(ManagerBase):
         history: int = 0,
         user_id: str | None = None,
         follow_merged: bool = True,
+        slide: bool = False,
     ) -> Session:
         return await self.run(
-            sessions.get_session(self.core, session_id, history, user_id, follow_merged)
+            sessions.get_session(self.core, session_id, history, user_id, follow_merged, slide)
         )
 
     async def delete_session(
-        self, session_id: str, *, user_id: str | None = None, op_id: str | None = None
+        self,
+        session_id: str,
+        *,
+        user_id: str | None = None,
+        op_id: str | None = None,
+        revision: str | None = None,
     ) -> None:
-        await self.run(sessions.delete_session(self.core, session_id, user_id, op_id))
+        await self.run(sessions.delete_session(self.core, session_id, user_id, op_id, revision))
 
     async def update_context(
         self,
@@ -227,13 +233,19 @@ class AsyncSessionManager(ManagerBase):
         scope: Mapping[str, str] | None = None,
         times: Sequence[datetime] | None = None,
         op_id: str | None = None,
+        revision: tuple[str | None, str] | None = None,
     ) -> list[Item]:
         return await self.run(
             history.append_items(
                 self.core, session_id, items, user_id, ids, topics, create_for, state, scope,
-                times, op_id,
+                times, op_id, revision,
             )
         )
+
+    async def get_entry(
+        self, session_id: str, entry_id: str, *, user_id: str | None = None
+    ) -> Interaction | Item | None:
+        return await self.run(history.get_entry(self.core, session_id, entry_id, user_id))
 
     async def get_items(
         self,

@@ -57,6 +57,15 @@ class ConcurrentModification(RedsessionError):
     """An optimistic update kept losing to other writers and gave up."""
 
 
+class RevisionConflict(ConcurrentModification):
+    """A write checked against a revision found another one: the session changed (or was
+    deleted, or already exists) since the caller read it. Read it again and retry."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} changed since it was read (revision)")
+        self.session_id = session_id
+
+
 class StorageError(RedsessionError):
     """Redis refused a command (out of memory under noeviction, a read-only replica, ...)."""
 

@@ -145,20 +145,29 @@ class SessionManager(ManagerBase):
         history: int = 0,
         user_id: str | None = None,
         follow_merged: bool = True,
+        slide: bool = False,
     ) -> Session:
         """The session without touching its expiry, with ``history`` newest interactions.
 
         A merged id reads its primary, unless ``follow_merged`` is False (SessionMerged).
+        ``slide``: slide its expiry after all, without counting the read as activity (its
+        last_activity, and so its place in the listings, stays).
         """
         return self.run(
-            sessions.get_session(self.core, session_id, history, user_id, follow_merged)
+            sessions.get_session(self.core, session_id, history, user_id, follow_merged, slide)
         )
 
     def delete_session(
-        self, session_id: str, *, user_id: str | None = None, op_id: str | None = None
+        self,
+        session_id: str,
+        *,
+        user_id: str | None = None,
+        op_id: str | None = None,
+        revision: str | None = None,
     ) -> None:
-        """Delete the session; a tombstone stops late writes from bringing it back."""
-        self.run(sessions.delete_session(self.core, session_id, user_id, op_id))
+        """Delete the session; a tombstone stops late writes from bringing it back.
+        ``revision``: only if that is the session's revision (else RevisionConflict)."""
+        self.run(sessions.delete_session(self.core, session_id, user_id, op_id, revision))
 
     def update_context(
         self,
@@ -273,20 +282,29 @@ class SessionManager(ManagerBase):
         scope: Mapping[str, str] | None = None,
         times: Sequence[datetime] | None = None,
         op_id: str | None = None,
+        revision: tuple[str | None, str] | None = None,
     ) -> list[Item]:
         """Append framework items (JSON objects, stored as given) in one round trip.
 
         ``ids`` names them (default: generated) and ``times`` dates them (default: now, a
         microsecond apart); ``create_for`` creates the session for that user if it does not
         exist yet (never one that was deleted or merged), with ``scope``; ``state`` keys are
-        set in the same step.
+        set in the same step. ``revision`` (expected, new) makes it a compare-and-set on the
+        session's revision, checked in the same script: RevisionConflict unless the session's
+        revision is ``expected`` (None: unless the session does not exist yet).
         """
         return self.run(
             history.append_items(
                 self.core, session_id, items, user_id, ids, topics, create_for, state, scope,
-                times, op_id,
+                times, op_id, revision,
             )
         )
+
+    def get_entry(
+        self, session_id: str, entry_id: str, *, user_id: str | None = None
+    ) -> Interaction | Item | None:
+        """The history entry with that id, or None; O(entries newer than it)."""
+        return self.run(history.get_entry(self.core, session_id, entry_id, user_id))
 
     def get_items(
         self,

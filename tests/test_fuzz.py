@@ -137,7 +137,10 @@ def _calls(sids: list[str]) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
         ),
         "create_or_resume_session": fb({"user_id": uid}, optional={"session_id": sid | maybe}),
         "resume_session": fb({"session_id": sid, "user_id": uid}, optional={"history": count}),
-        "get_session": fb({"session_id": sid}, optional={"history": count, "user_id": opt_uid}),
+        "get_session": fb(
+            {"session_id": sid},
+            optional={"history": count, "user_id": opt_uid, "slide": st.booleans() | anything},
+        ),
         "get_history": fb(
             {"session_id": sid},
             optional={"limit": st.none() | count, "before": st.none() | count, "user_id": opt_uid},
@@ -164,7 +167,13 @@ def _calls(sids: list[str]) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
                 "create_for": st.none() | uid,
                 "state": st.none() | obj,
                 "scope": st.none() | obj,
+                "revision": st.none()
+                | st.tuples(st.none() | weird_text | anything, weird_text | anything)
+                | anything,
             },
+        ),
+        "get_entry": fb(
+            {"session_id": sid, "entry_id": weird_text | anything}, optional={"user_id": opt_uid}
         ),
         "get_items": fb(
             {"session_id": sid},
@@ -200,7 +209,9 @@ def _calls(sids: list[str]) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
             {"primary_id": sid, "secondary_id": sid},
             optional={"user_id": opt_uid, "allow_cross_user": st.booleans()},
         ),
-        "delete_session": fb({"session_id": sid}, optional={"user_id": opt_uid}),
+        "delete_session": fb(
+            {"session_id": sid}, optional={"user_id": opt_uid, "revision": maybe | weird_text}
+        ),
         "cleanup_expired_sessions": fb({}, optional={"dry_run": st.booleans()}),
         "cleanup": fb({}, optional={"dry_run": st.booleans()}),
         "stats": fb({}),

@@ -19,6 +19,7 @@ from redsession import (
     InvalidInput,
     PayloadTooLarge,
     PermissionDenied,
+    RevisionConflict,
     SessionManager,
     SessionMerged,
     SessionNotFound,
@@ -390,3 +391,118 @@ def test_users_are_listed_by_name_prefix(m: SessionManager) -> None:
     assert m.list_users("adk:shop:").users == ["adk:shop:bob"]
     with pytest.raises(InvalidInput):
         m.list_users("bad prefix")
+
+
+# -- revisions: a compare-and-set in the write's own script ---------------------------------
+
+
+def test_a_revision_check_refuses_a_stale_write_and_writes_nothing(m: SessionManager) -> None:
+    sid = "rev-1"
+    m.append_items(sid, [USER], create_for="alice", revision=(None, "r1"))
+    assert m.get_session(sid).revision == "r1"
+    with pytest.raises(RevisionConflict):  # it exists now
+        m.append_items(sid, [USER], create_for="alice", revision=(None, "r2"))
+    m.append_items(sid, [RESULT], state={"k": 1}, revision=("r1", "r2"))
+    with pytest.raises(RevisionConflict):
+        m.append_items(sid, [TOOL_CALL], state={"k": 2}, revision=("r1", "r3"))
+    s = m.get_session(sid, history=10)
+    assert (s.revision, s.state, s.total_interactions) == ("r2", {"k": 1}, 2)
+    # With no items, the check still runs and the state and revision move.
+    m.append_items(sid, [], state={"k": 3}, revision=("r2", "r3"))
+    assert (m.get_session(sid).revision, m.get_session(sid).state) == ("r3", {"k": 3})
+    with pytest.raises(RevisionConflict):  # a session that does not exist has no revision
+        m.append_items("rev-none", [USER], create_for="alice", revision=("r1", "r2"))
+    with pytest.raises(InvalidInput):
+        m.append_items(sid, [USER], revision=("r3", "not a revision"))
+    with pytest.raises(InvalidInput):  # creating needs someone to create it for
+        m.append_items("rev-2", [USER], revision=(None, "r1"))
+    assert m.export_session(sid).session.revision == "r3"  # an export carries it
+
+
+def test_delete_checks_the_revision_and_the_owner_may_create_the_id_again(
+    m: SessionManager,
+) -> None:
+    sid = "rev-del"
+    m.append_items(sid, [USER], create_for="alice", revision=(None, "r1"))
+    m.append_items(sid, [RESULT], revision=("r1", "r2"))
+    with pytest.raises(RevisionConflict):
+        m.delete_session(sid, revision="r1")
+    assert m.get_session(sid).total_interactions == 2
+    m.delete_session(sid, revision="r2")
+    with pytest.raises(SessionNotFound):
+        m.get_session(sid)
+    with pytest.raises(RevisionConflict):  # a late write: the revision it read is gone
+        m.append_items(sid, [TOOL_CALL], revision=("r2", "r3"))
+    with pytest.raises(SessionNotFound):  # without a revision check, never resurrected
+        m.append_items(sid, [TOOL_CALL], create_for="alice")
+    with pytest.raises(SessionNotFound):  # another user may not take the id over
+        m.append_items(sid, [TOOL_CALL], create_for="bob", revision=(None, "b1"))
+    m.append_items(sid, [TOOL_CALL], create_for="alice", revision=(None, "a1"))
+    s = m.get_session(sid, history=10)
+    assert (s.user_id, s.revision, s.total_interactions) == ("alice", "a1", 1)
+
+
+def _cas_many(url: str, sid: str, k: int, attempts: int, out: Any) -> None:
+    """Read the revision, append an item naming it, set a new one: count the wins."""
+    with SessionManager.from_url(url) as m:
+        won = 0
+        for i in range(attempts):
+            read = m.get_session(sid).revision
+            new = f"p{k}-{i}"
+            try:
+                m.append_items(sid, [{"after": read, "rev": new}], revision=(read, new))
+                won += 1
+            except RevisionConflict:
+                pass
+        out.put(won)
+
+
+@pytest.mark.slow
+def test_eight_processes_one_winner_per_revision(m: SessionManager, url: str) -> None:
+    sid = "rev-hot"
+    m.append_items(sid, [{"after": None, "rev": "r0"}], create_for="alice", revision=(None, "r0"))
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_cas_many, args=(url, sid, k, 60, out)) for k in range(8)]
+    for p in procs:
+        p.start()
+    wins = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    items = m.get_items(sid)
+    assert len(items) == 1 + sum(wins)
+    assert 0 < sum(wins) < 8 * 60  # they did race
+    # A chain: each write names the revision the one before it set, so no two writes won
+    # from the same revision, and none was lost.
+    assert [x["after"] for x in items[1:]] == [x["rev"] for x in items[:-1]]
+    assert m.get_session(sid).revision == items[-1]["rev"]
+
+
+def test_an_entry_is_read_by_id(url: str) -> None:
+    from cryptography.fernet import Fernet
+
+    s = Settings(encryption_keys=[Fernet.generate_key().decode()])
+    with SessionManager(sync_client(url, s), s) as m:
+        sid = m.create_session("alice").session_id
+        m.append_items(sid, [{"n": i} for i in range(150)], ids=[f"e{i}" for i in range(150)])
+        logged = m.log_interaction(sid, user_message="hi", assistant_response="hello")
+        for i in (0, 63, 64, 149):  # across the pages the script reads back
+            got = m.get_entry(sid, f"e{i}")
+            assert isinstance(got, Item)
+            assert (got.id, got.item) == (f"e{i}", {"n": i})
+        assert m.get_entry(sid, logged.id) == logged
+        assert m.get_entry(sid, "nope") is None
+        with pytest.raises(PermissionDenied):
+            m.get_entry(sid, "e0", user_id="bob")
+        with pytest.raises(InvalidInput):
+            m.get_entry(sid, "not an id")
+
+
+def test_a_sliding_read_keeps_the_activity_time(m: SessionManager) -> None:
+    sid = m.create_session("alice").session_id
+    before = m.get_session(sid)
+    after = m.get_session(sid, slide=True)
+    assert after.last_activity == before.last_activity
+    assert after.expires_at > before.expires_at
+    assert m.list_active_sessions("alice").sessions[0].last_activity == before.last_activity

@@ -16,7 +16,12 @@ import orjson
 
 from redsession.core.base import Core
 from redsession.core.sessions import checked_scope, checked_state
-from redsession.errors import ConcurrentModification, InvalidInput, PayloadTooLarge
+from redsession.errors import (
+    ConcurrentModification,
+    InvalidInput,
+    PayloadTooLarge,
+    RevisionConflict,
+)
 from redsession.model import validation as check
 from redsession.model.codec import (
     TIME_AT,
@@ -35,7 +40,7 @@ from redsession.model.models import (
     interaction_items,
 )
 from redsession.storage.commands import Op
-from redsession.storage.store import Stamp
+from redsession.storage.store import Revision, Stamp
 
 _US = timedelta(microseconds=1)
 E = TypeVar("E", Interaction, Item)
@@ -91,21 +96,32 @@ def log_interaction(
 def _append(
     core: Core, sid: str, owner: str | None, records: Sequence[bytes], entries: Sequence[E],
     topics: Sequence[str], t: Stamp, create_for: str | None, scope: bytes = b"",
-    state: Sequence[bytes | str] = (),
+    state: Sequence[bytes | str] = (), revision: Revision | None = None,
 ) -> Op[list[E]]:  # fmt: skip
     """Append the records of ``entries``; returns the entries as stored. A repeated
     operation stored its records the first time: the same ids (from its operation id), at
     that call's times, which it returns."""
     limit = core.settings.max_topics
     status, _, first = yield from core.store.append(
-        sid, owner, records, topics, limit, t, create_for, scope, state
+        sid, owner, records, topics, limit, t, create_for, scope, state, revision
     )
     if status == "limit":
         raise PayloadTooLarge(f"session {sid!r} would exceed {limit} topics")
+    if status == "conflict":
+        raise RevisionConflict(sid)
     if not records or first == records[0][TIME_AT]:
         return list(entries)
     shift = time_of_record(first) - entries[0].timestamp
     return [e.model_copy(update={"timestamp": e.timestamp + shift}) for e in entries]
+
+
+def checked_revision(revision: object) -> Revision:
+    """A revision check (expected, new): ``expected`` None means the session must not exist
+    yet."""
+    if not isinstance(revision, (tuple, list)) or len(revision) != 2:
+        raise InvalidInput(f"revision must be (expected, new), not {check.show(revision)}")
+    expected, new = revision
+    return Revision(None if expected is None else check.revision(expected), check.revision(new))
 
 
 def _items(
@@ -160,19 +176,41 @@ def append_items(
     ids: Sequence[str] | None, topics: Sequence[str] | None, create_for: str | None,
     state: Mapping[str, Any] | None = None, scope: Mapping[str, str] | None = None,
     times: Sequence[datetime] | None = None, op_id: str | None = None,
+    revision: tuple[str | None, str] | None = None,
 ) -> Op[list[Item]]:  # fmt: skip
     """Append framework items and set session ``state`` keys with them, in one script;
-    ``create_for`` creates a missing session for that user, with ``scope``."""
+    ``create_for`` creates a missing session for that user, with ``scope``.
+
+    ``revision`` (expected, new): only if the session's revision is ``expected`` (None: only
+    if the session does not exist yet, which may reuse an id its owner deleted), and then
+    set it to ``new``, in the same script; RevisionConflict otherwise.
+    """
     sid, owner = check.session_id(session_id), core.owner(user_id)
     create = None if create_for is None else check.user_id(create_for)
     tops = check.topics(topics, core.settings.max_topics)
     fields = state_fields(checked_state(core, state), core.cipher)
     sc = scope_field(checked_scope(core, scope))
+    rev = None if revision is None else checked_revision(revision)
+    if rev is not None and rev.expected is None and create is None:
+        raise InvalidInput("a revision check for a new session needs create_for")
     t = core.stamp(op=core.op(op_id))
     models, records = _items(core, items, from_us(t.now), ids, times, "" if op_id is None else t.op)
-    if not records and not fields:
+    if not records and not fields and rev is None:
         return []
-    return (yield from _append(core, sid, owner, records, models, tops, t, create, sc, fields))
+    return (
+        yield from _append(core, sid, owner, records, models, tops, t, create, sc, fields, rev)
+    )
+
+
+def get_entry(
+    core: Core, session_id: str, entry_id: str, user_id: str | None
+) -> Op[Interaction | Item | None]:
+    """The history entry with that id, or None. O(entries newer than it); not counted as
+    activity."""
+    sid, owner = check.session_id(session_id), core.owner(user_id)
+    eid, t = check.entry_id(entry_id), core.stamp()
+    rec = yield from core.follow(sid, lambda s: core.store.entry(s, owner, t, eid))
+    return None if rec is None else core.decode([rec])[0]
 
 
 def get_items(

@@ -8,7 +8,12 @@ from typing import Any
 import orjson
 
 from redsession.core.base import Core
-from redsession.errors import ConcurrentModification, InvalidInput, SessionNotFound
+from redsession.errors import (
+    ConcurrentModification,
+    InvalidInput,
+    RevisionConflict,
+    SessionNotFound,
+)
 from redsession.model import validation as check
 from redsession.model.codec import (
     loads,
@@ -90,24 +95,38 @@ def create_or_resume_session(core: Core, user_id: str, session_id: str | None) -
 
 
 def get_session(
-    core: Core, session_id: str, history: int, user_id: str | None, follow_merged: bool = True
-) -> Op[Session]:
+    core: Core, session_id: str, history: int, user_id: str | None, follow_merged: bool = True,
+    slide: bool = False,
+) -> Op[Session]:  # fmt: skip
+    """The session and its newest ``history`` entries; ``slide`` slides its expiry (the
+    read keeps it alive) without counting as activity (its place in the listings stays)."""
     sid, owner = check.session_id(session_id), core.owner(user_id)
     n = max(0, check.integer(history, "history"))
-    read = lambda s: _fetch(core, s, owner, touch=False, history=n)  # noqa: E731
+    if not isinstance(slide, bool):
+        raise InvalidInput(f"slide must be a bool, not {check.show(slide)}")
+    read = lambda s: _fetch(core, s, owner, touch=False, history=n, slide=slide)  # noqa: E731
     return (yield from core.follow(sid, read, follow_merged))
 
 
-def _fetch(core: Core, sid: str, owner: str | None, *, touch: bool, history: int) -> Op[Session]:
-    h, raw = yield from core.store.fetch(sid, owner, core.stamp(), touch=touch, history=history)
+def _fetch(
+    core: Core, sid: str, owner: str | None, *, touch: bool, history: int, slide: bool = False
+) -> Op[Session]:
+    h, raw = yield from core.store.fetch(
+        sid, owner, core.stamp(), touch=touch, history=history, slide=slide
+    )
     return session_from_hash(sid, h, raw, core.cipher)
 
 
 def delete_session(
-    core: Core, session_id: str, user_id: str | None, op_id: str | None = None
-) -> Op[None]:
+    core: Core, session_id: str, user_id: str | None, op_id: str | None = None,
+    revision: str | None = None,
+) -> Op[None]:  # fmt: skip
+    """Replace the session by a tombstone; with ``revision``, only if that is the session's
+    revision (RevisionConflict otherwise)."""
     sid, owner = check.session_id(session_id), core.owner(user_id)
-    yield from core.store.delete(sid, owner, core.stamp(op=core.op(op_id)))
+    rev = "" if revision is None else check.revision(revision)
+    if not (yield from core.store.delete(sid, owner, core.stamp(op=core.op(op_id)), revision=rev)):
+        raise RevisionConflict(sid)
 
 
 def update_context(

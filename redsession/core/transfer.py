@@ -109,6 +109,8 @@ def parse_export(core: Core, doc: object) -> SessionExport:
     core.json(rec.state, "state")
     if rec.scope is not None:
         core.json(rec.scope, "scope")
+    if rec.revision is not None:
+        check.revision(rec.revision)
     check.topics(rec.topics, s.max_topics)
     if rec.total_interactions != len(parsed.history):
         raise InvalidInput(

@@ -194,11 +194,12 @@ def _record_json(sid: str, h: Hash, cipher: Cipher) -> bytes:
     ])  # fmt: skip
     return b'"session_id":"%s","user_id":"%s","created_at":%s,"last_activity":%s,' \
         b'"total_interactions":%d,"context":%s,"topics":%s,"version":%d,"merged_from":%s,' \
-        b'"state":{%s},"scope":%s' % (
+        b'"state":{%s},"scope":%s,"revision":%s' % (
             sid.encode(), h["user_id"], _when(int(h["created_at"])),
             _when(int(h["last_activity"])), int(h["total_interactions"]),
             cipher.open(h["context"], "a context"), h["topics"], int(h["version"]),
             h["merged_from"], state, h.get("scope", b"null"),
+            orjson.dumps(h["revision"].decode()) if "revision" in h else b"null",
         )  # fmt: skip
 
 
@@ -304,6 +305,8 @@ def hash_fields(rec: SessionRecord, expires_at_us: int, cipher: Cipher) -> list[
     extra: list[str | bytes] = state_fields(rec.state, cipher)
     if rec.scope is not None:
         extra += ["scope", scope_field(rec.scope)]
+    if rec.revision is not None:
+        extra += ["revision", rec.revision]
     return [*extra,
         "user_id", rec.user_id,
         "created_at", str(to_us(rec.created_at)),

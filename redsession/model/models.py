@@ -127,6 +127,7 @@ class Session(SessionSummary):
     merged_from: list[str] = Field(default_factory=list)
     state: dict[str, Any] = Field(default_factory=dict)
     scope: dict[str, str] | None = None
+    revision: str | None = None
     history: list[Entry] = Field(default_factory=list)
 
     @property
@@ -152,6 +153,8 @@ class SessionRecord(_Model):
     state: dict[str, Any] = Field(default_factory=dict)
     # The scope a framework gave the session (ADK's app, user and id), so an export keeps it.
     scope: dict[str, str] | None = None
+    # The revision a framework's compare-and-set writes check (pydantic-ai's), when it has one.
+    revision: str | None = None
 
 
 class SessionExport(_Model):

@@ -87,6 +87,15 @@ def event_id(value: object) -> str:
     return value
 
 
+def revision(value: object) -> str:
+    """A session's revision, as a framework names it (an opaque token it compares)."""
+    if not isinstance(value, str) or not OP_ID.fullmatch(value):
+        raise InvalidInput(
+            f"invalid revision {show(value)}: use 1-128 characters from A-Z a-z 0-9 _ . : -"
+        )
+    return value
+
+
 def event_kinds(values: object, known: Sequence[str]) -> frozenset[str]:
     """A set of event kinds to read, each one of ``known``."""
     if isinstance(values, str) or not isinstance(values, (list, tuple, set, frozenset)):

@@ -231,7 +231,8 @@ return {{'ok', ARGV[9]}}
 """,
 )
 
-# ARGV[7] '1' to count as activity (resume), '2' the same with a 'resume' event, or '0' (a
+# ARGV[7] '1' to count as activity (resume), '2' the same with a 'resume' event, '3' to
+# slide the expiry only (the activity time, which orders the listings, stays), or '0' (a
 # plain read), ARGV[8] how many of the newest records to return (-1: all of them).
 # Reply: {'ok', HGETALL as a flat list, newest records oldest first}.
 FETCH = _session(
@@ -240,6 +241,7 @@ FETCH = _session(
 local uid, err = owner(false)
 if not uid then return err end
 if ARGV[7] ~= '0' then
+  if ARGV[7] == '3' then ACTIVE = redis.call('HGET', HASH, 'last_activity') end
   touch(uid)
   index(uid)
   if ARGV[7] == '2' then event('resume', uid) end
@@ -310,31 +312,70 @@ return {'ok', uid, out}
 """,
 )
 
+# ARGV[7] an entry id. The record of that id, looked for from the newest record back, 64 at
+# a time (ids are in the clear header, so this works under encryption too).
+# Reply: {'ok', owner, the record} or {'ok', owner} when no record has that id.
+# O(records newer than it): a framework reads the entries near the head most.
+ENTRY = _session(
+    "entry",
+    """
+local uid, err = owner(false)
+if not uid then return err end
+local want, stop, page = ARGV[7], -1, 64
+while true do
+  local recs = redis.call('LRANGE', LOG, stop - page + 1, stop)
+  for i = #recs, 1, -1 do
+    if rtime(recs[i]) and rid(recs[i]) == want then return {'ok', uid, recs[i]} end
+  end
+  if #recs < page then return {'ok', uid} end
+  stop = stop - page
+end
+""",
+)
+
 # ARGV[7] max topics per session, ARGV[8] k, the number of records that follow,
 # ARGV[9..8+k] the records, oldest first; ARGV[9+k] the user to create the session for
 # when it does not exist ('' = do not create: 'missing'), ARGV[10+k] its scope (JSON, or '');
 # ARGV[11+k] m, then m arguments: session state fields and values ("state:<key>", JSON) to
-# set with the records; ARGV[12+k+m..] topics to add. O(k + m) whatever the history length;
-# O(topics) for the topic union. Reply: {'ok', owner, new length, 1 if it created the
-# session else 0, the first record's time} or {'limit', topic count}.
+# set with the records; ARGV[12+k+m] the revision expected ('' = no check, 'new' = the
+# session must not exist yet, '=<revision>' = its 'revision' field must be that),
+# ARGV[13+k+m] the revision to set ('' = leave it); ARGV[14+k+m..] topics to add.
+# A 'new' write may replace its own owner's 'deleted' tombstone (the id is reused on
+# purpose: a late write carries the revision it read, which no longer exists).
+# O(k + m) whatever the history length; O(topics) for the topic union.
+# Reply: {'ok', owner, new length, 1 if it created the session else 0, the first record's
+# time}, {'limit', topic count} or {'conflict'} when the revision is not the one expected.
 APPEND = _write(
     "append",
     f"""
 local k = tonumber(ARGV[8])
 local create = ARGV[9 + k]
 local m = tonumber(ARGV[11 + k])
+local want, rev = ARGV[12 + k + m], ARGV[13 + k + m]
 local uid, err = owner(true)
 local created = false
+if want ~= '' then
+  if uid and (want == 'new' or redis.call('HGET', HASH, 'revision') ~= string.sub(want, 2)) then
+    return {{'conflict'}}
+  end
+  if not uid and want ~= 'new' then return {{'conflict'}} end
+end
 if not uid then
-  if create == '' or err[1] ~= 'missing' or redis.call('EXISTS', TOMB) == 1 then return err end
+  if create == '' or redis.call('EXISTS', HASH) == 1 then return err end
+  local tomb = redis.call('GET', TOMB)
+  if tomb then
+    if want ~= 'new' or tomb ~= 'deleted ' .. create then return err end
+    redis.call('DEL', TOMB)
+  end
   if OWNER ~= '' and OWNER ~= create then return err end
   uid, created = create, true
   {_new_hash("uid", "'{}'", "NOW")}
   fields(10 + k, 1, 0)
 end
-local ok, count = add_topics(12 + k + m, tonumber(ARGV[7]))
+local ok, count = add_topics(14 + k + m, tonumber(ARGV[7]))
 if not ok then return {{'limit', count}} end
 if m > 0 then redis.call('HSET', HASH, unpack(ARGV, 12 + k, 11 + k + m)) end
+if rev ~= '' then redis.call('HSET', HASH, 'revision', rev) end
 local n = push(9, 8 + k)
 touch(uid, n)
 index(uid, created)
@@ -409,13 +450,18 @@ return {'ok', v, uid}
 )
 
 # ARGV[7] '' to delete, or the primary a fenced session was merged into (MERGE_INTO has
-# taken its content), ARGV[8] the tombstone's TTL (ms), ARGV[9] the primary's owner.
-# Reply: {'ok', owner}; {'conflict'} when a merge tombstone finds no fence for that primary.
+# taken its content), ARGV[8] the tombstone's TTL (ms), ARGV[9] the primary's owner,
+# ARGV[10] the revision expected ('' = no check; see APPEND).
+# Reply: {'ok', owner}; {'conflict'} when a merge tombstone finds no fence for that primary,
+# or the session's revision is not the one expected.
 DELETE = _write(
     "delete",
     """
 local uid, err = owner(ARGV[7] == '')
 if not uid then return err end
+if ARGV[10] ~= '' and redis.call('HGET', HASH, 'revision') ~= ARGV[10] then
+  return {'conflict'}
+end
 local tomb = 'deleted ' .. uid
 if ARGV[7] ~= '' then
   tomb = 'merged ' .. ARGV[9] .. ' ' .. ARGV[7]

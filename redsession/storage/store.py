@@ -51,6 +51,17 @@ class Stamp(NamedTuple):
     op: str = ""
 
 
+class Revision(NamedTuple):
+    """A revision check on a write: the revision the caller read (None: the session must not
+    exist yet) and the one the write sets. The session hash keeps it as 'revision'."""
+
+    expected: str | None
+    new: str
+
+    def args(self) -> tuple[str, str]:
+        return ("new" if self.expected is None else "=" + self.expected), self.new
+
+
 class Store:
     """The Redis operations of the session store, as generators of commands."""
 
@@ -116,17 +127,22 @@ class Store:
         return int(first)
 
     def fetch(
-        self, sid: str, owner: str | None, t: Stamp, *, touch: bool, history: int
-    ) -> Op[tuple[dict[str, bytes], list[Reply]]]:
+        self, sid: str, owner: str | None, t: Stamp, *, touch: bool, history: int,
+        slide: bool = False,
+    ) -> Op[tuple[dict[str, bytes], list[Reply]]]:  # fmt: skip
         """The session hash (field names as text, values as stored) and its newest
-        ``history`` records (-1: all of them)."""
-        mode = ("2" if self._resume_events else "1") if touch else "0"
+        ``history`` records (-1: all of them). ``touch`` counts the read as activity;
+        ``slide`` only slides the expiry (the listings' order stays)."""
+        mode = ("2" if self._resume_events else "1") if touch else "3" if slide else "0"
         _, flat, hist = yield from self._run(scripts.FETCH, sid, owner, t, mode, history)
         h = raw_hash(flat)
         if touch:
             yield from self._index(sid, text(h["user_id"]), t)
             if self._resume_events:
                 yield from self._event("resume", sid, text(h["user_id"]), t)
+        elif slide:
+            kept = Stamp(int(h["last_activity"]), t.expires, t.now)
+            yield from self._index(sid, text(h["user_id"]), kept)
         return h, hist
 
     def history(
@@ -153,24 +169,34 @@ class Store:
             yield from self._index(sid, text(uid), t)
         return list(records)
 
+    def entry(self, sid: str, owner: str | None, t: Stamp, rid: str) -> Op[bytes | None]:
+        """The record whose id is ``rid``, or None (see scripts.ENTRY)."""
+        reply = yield from self._run(scripts.ENTRY, sid, owner, t, rid)
+        return reply[2] if len(reply) > 2 else None
+
     def append(
         self, sid: str, owner: str | None, records: Sequence[bytes], topics: Sequence[str],
         max_topics: int, t: Stamp, create_for: str | None = None, scope: bytes = b"",
-        state: Sequence[bytes | str] = (),
+        state: Sequence[bytes | str] = (), revision: Revision | None = None,
     ) -> Op[tuple[str, int, bytes]]:  # fmt: skip
         """Append records (and set ``state`` fields with them); returns (status, log length,
         the time in the first record stored: another than this call's for a repeated
-        operation). Status 'limit': too many topics.
+        operation). Status 'limit': too many topics; 'conflict': not the ``revision``
+        expected.
 
         ``create_for``: create the session for that user (with ``scope``) when it does not
-        exist; it never resurrects a deleted or merged one.
+        exist; it never resurrects a deleted or merged one (but see scripts.APPEND for a
+        revision-checked create).
         """
+        want, new = ("", "") if revision is None else revision.args()
         reply = yield from self._run(
             scripts.APPEND, sid, owner, t, max_topics, len(records), *records,
-            create_for or "", scope, len(state), *state, *topics,
+            create_for or "", scope, len(state), *state, want, new, *topics,
         )  # fmt: skip
         if reply[0] == "limit":
             return "limit", int(reply[1]), b""
+        if reply[0] == "conflict":
+            return "conflict", 0, b""
         uid, created = text(reply[1]), bool(int(reply[3]))
         yield from self._index(sid, uid, t, created=created)
         if created:
@@ -213,13 +239,15 @@ class Store:
         return True
 
     def delete(
-        self, sid: str, owner: str | None, t: Stamp, merged_into: tuple[str, str] | None = None
-    ) -> Op[bool]:
+        self, sid: str, owner: str | None, t: Stamp, merged_into: tuple[str, str] | None = None,
+        revision: str = "",
+    ) -> Op[bool]:  # fmt: skip
         """Replace the session by a tombstone. ``merged_into`` (primary, its owner): the last
-        step of a merge, only while the session is fenced for it (False when it is not)."""
+        step of a merge, only while the session is fenced for it (False when it is not).
+        ``revision``: only if the session's revision is that one (False when it is not)."""
         primary, p_owner = merged_into or ("", "")
         reply = yield from self._run(
-            scripts.DELETE, sid, owner, t, primary, self._tomb_ms, p_owner
+            scripts.DELETE, sid, owner, t, primary, self._tomb_ms, p_owner, revision
         )
         if reply[0] == "conflict":
             return False
