@@ -289,7 +289,9 @@ class RedsessionSaver(BaseCheckpointSaver[str]):
         n = 0 if current is None else int(str(current).split(".")[0])
         return f"{n + 1:032}.{random.random():016}"
 
-    # -- the sync API: the async one, run on the saver's own event loop thread ---------
+    # -- the sync API: the async one, run on the saver's own event loop thread (one for
+    # the saver, started on first use; close() stops it). The manager must be able to work
+    # from that loop: AsyncSessionManager.from_url makes one that can. ---------------------
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         with self._lock:
@@ -299,6 +301,18 @@ class RedsessionSaver(BaseCheckpointSaver[str]):
                     target=self._loop.run_forever, name="redsession-langgraph", daemon=True
                 ).start()
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def close(self) -> None:
+        """Stop the sync API's event loop thread, closing the manager's client on it."""
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self.manager.close(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        while loop.is_running():  # stops at its next turn
+            threading.Event().wait(0.001)
+        loop.close()
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         return self._run(self.aget_tuple(config))

@@ -13,7 +13,7 @@ from redsession.core import sessions, transfer
 from redsession.core.base import Core
 from redsession.errors import ConcurrentModification, ConfigError, SessionNotFound
 from redsession.maintenance.snapshots import Progress
-from redsession.model.codec import expires_from_hash, record_from_hash, sealed_body
+from redsession.model.codec import expires_from_hash, record_from_hash, sealed_body, side_data
 from redsession.model.models import to_us
 from redsession.storage.commands import Op
 
@@ -53,18 +53,24 @@ def rotate_session(core: Core, sid: str) -> Op[bool]:
     for _ in range(core.settings.max_update_retries):
         t = core.stamp()
         try:
-            h, raw = yield from core.store.fetch(sid, None, t, touch=False, history=-1)
+            h, raw, side = yield from core.store.fetch_all(sid, None, t, side=True)
         except SessionNotFound:
             return False
-        if cipher.is_current(h["context"]) and all(cipher.is_current(sealed_body(r)) for r in raw):
+        values = side.fields.values() if side else ()
+        if (
+            cipher.is_current(h["context"])
+            and all(cipher.is_current(sealed_body(r)) for r in raw)
+            and all(cipher.is_current(v) for v in values)
+        ):
             return False
         rec = record_from_hash(sid, h, cipher)
         t = core.stamp(
             activity=to_us(rec.last_activity), expires=expires_from_hash(sid, h), op=core.op(None)
         )
         expect = (rec.version, rec.total_interactions)
+        data = side_data(side.fields, side.members, cipher) if side else None
         rewritten = yield from transfer.rewrite(
-            core, rec, core.decode(raw), t, mode="cas", kind="rotate", expect=expect
+            core, rec, core.decode(raw), t, mode="cas", kind="rotate", expect=expect, side=data
         )
         if rewritten:
             return True
