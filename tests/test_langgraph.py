@@ -5,6 +5,8 @@ owns, their TTL and slot, exports, dumps and restores, encryption, and O(1) writ
 from __future__ import annotations
 
 import operator
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
@@ -23,6 +25,7 @@ from redsession.integrations.langgraph import RedsessionSaver, session_for
 from redsession.storage.connection import sync_client
 from redsession.storage.keys import Keys
 
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "langgraph_resume.py"
 # The optional capabilities RedsessionSaver implements: their extended tests must pass too.
 IMPLEMENTED = {"copy_thread"}
 
@@ -281,3 +284,26 @@ async def _put(saver: RedsessionSaver, parent: str | None, n: int) -> tuple[Any,
     cfg = await saver.aput(conf, c, {"step": n}, c["channel_versions"])
     await saver.aput_writes(cfg, [("n", n)], task_id="t")
     return cfg, cfg["configurable"]["checkpoint_id"]
+
+
+# -- the example: interrupted, the process gone, resumed by another ----------------------
+
+
+def test_example_resumes_in_a_new_process_from_the_checkpoint(tmp_path: Path) -> None:
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, str(EXAMPLE), str(tmp_path / "data"), *args],
+            capture_output=True, text=True, timeout=90, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    first = run("start", "a haiku about Redis")
+    assert "node draft: the model wrote" in first
+    assert "interrupted: waiting for {'approve':" in first
+    assert "node publish" not in first
+    second = run("resume", "yes")
+    assert "node draft" not in second  # the draft came from the checkpoint, not the model
+    assert "node review: the human answered 'yes'" in second
+    assert "node publish: 'Keys in one slot" in second
+    assert second.rstrip().endswith("'approved: yes', 'published']")
