@@ -17,7 +17,7 @@ from bench import harness, report, suite
 from bench.harness import FULL, SMOKE
 from bench.ops import OPS
 
-SECTIONS = ("ops", "instructions", "growth", "dump", "memory", "frameworks")
+SECTIONS = ("ops", "instructions", "growth", "dump", "memory", "frameworks", "checkpoints")
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench import memory
 
             tables += memory.memory(srv.url, smoke=args.smoke)
+        if "checkpoints" in sections:
+            from bench import checkpoints
+
+            tables += checkpoints.checkpoints(srv.url, smoke=args.smoke, budget=budget)
         if "frameworks" in sections:
             from bench import frameworks
 
