@@ -22,8 +22,10 @@ from langgraph.graph import END, START, StateGraph
 from redsession import AsyncSessionManager, Settings
 from redsession.errors import InvalidInput, SessionNotFound
 from redsession.integrations.langgraph import RedsessionSaver, session_for
+from redsession.storage import scripts
 from redsession.storage.connection import sync_client
 from redsession.storage.keys import Keys
+from tests.conftest import after_each_command, is_script
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "langgraph_resume.py"
 # The optional capabilities RedsessionSaver implements: their extended tests must pass too.
@@ -307,3 +309,30 @@ def test_example_resumes_in_a_new_process_from_the_checkpoint(tmp_path: Path) ->
     assert "node review: the human answered 'yes'" in second
     assert "node publish: 'Keys in one slot" in second
     assert second.rstrip().endswith("'approved: yes', 'published']")
+
+
+def test_rotation_racing_a_checkpoint_write_keeps_it(
+    make_manager: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    writer = make_manager(encryption_keys=[old])
+    writer.put_checkpoint("t-r", "", "0001", b"first", [("ch", "1", b"v1")], create_for="u")
+    rotator = make_manager(encryption_keys=[new, old])
+    raced = []
+
+    def hook(cmd: Any) -> None:  # right after rotation has read the session, once
+        if is_script(cmd, scripts.FETCH) and not raced:
+            raced.append(1)
+            writer.put_checkpoint("t-r", "", "0002", b"second", [], create_for="u")
+
+    after_each_command(monkeypatch, rotator, hook)
+    assert rotator.rotate_keys().sessions_rotated == 1
+    assert raced == [1]
+    rows, _ = rotator.list_checkpoints("t-r", "")
+    assert [(r.checkpoint_id, r.payload) for r in rows] == [("0002", b"second"), ("0001", b"first")]
+    assert rotator.get_checkpoint_blobs("t-r", "", [("ch", "1")]) == [b"v1"]
+    assert all(rotator.core.cipher.is_current(v) for v in _side_values(rotator, "t-r"))
+
+
+def _side_values(m: Any, sid: str) -> list[bytes]:
+    return list(m.client.hvals(m.keys.side(sid)[0]))

@@ -38,6 +38,7 @@ from redsession.storage.store import Side, Stamp
 def rewrite(
     core: Core, rec: SessionRecord, history: Sequence[Interaction | Item], t: Stamp, *,
     mode: str, kind: str, expect: tuple[int, int] | None = None, side: SideData | None = None,
+    side_rev: str = "",
 ) -> Op[bool]:  # fmt: skip
     """Replace a whole session (hash, history and side data) in one script, under
     ``core``'s cipher.
@@ -56,7 +57,7 @@ def rewrite(
     return (
         yield from core.store.write(
             rec.session_id, rec.user_id, fields, records, t, mode=mode, kind=kind,
-            expect=expect, side=stored,
+            expect=expect, side=stored, side_rev=side_rev,
         )
     )  # fmt: skip
 

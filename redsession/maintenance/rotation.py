@@ -69,9 +69,12 @@ def rotate_session(core: Core, sid: str) -> Op[bool]:
         )
         expect = (rec.version, rec.total_interactions)
         data = side_data(side.fields, side.members, cipher) if side else None
+        # A checkpoint written meanwhile moves side_rev, not (version, total): check both.
+        side_rev = h.get("side_rev", b"0").decode()
         rewritten = yield from transfer.rewrite(
-            core, rec, core.decode(raw), t, mode="cas", kind="rotate", expect=expect, side=data
-        )
+            core, rec, core.decode(raw), t, mode="cas", kind="rotate", expect=expect, side=data,
+            side_rev=side_rev,
+        )  # fmt: skip
         if rewritten:
             return True
     raise ConcurrentModification(f"session {sid!r} kept changing during key rotation")

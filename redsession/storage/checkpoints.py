@@ -50,6 +50,7 @@ for i = a, a + y - 1, 1000 do
 end
 a = a + y
 for i = a, #ARGV, 1000 do redis.call('ZREM', SIDEIX, unpack(ARGV, i, math.min(i + 999, #ARGV))) end
+redis.call('HINCRBY', HASH, 'side_rev', 1)  -- a whole-session rewrite's CAS sees it
 touch(uid)
 index(uid, created)
 if created then event('create', uid) end
@@ -65,6 +66,7 @@ SIDE_CLEAR = write_script(
 local uid, err = owner(true)
 if not uid then return err end
 redis.call('DEL', SIDE, SIDEIX)
+redis.call('HINCRBY', HASH, 'side_rev', 1)
 touch(uid)
 index(uid)
 event('side', uid)

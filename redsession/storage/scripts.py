@@ -576,8 +576,10 @@ return {'ok', n}
 # (only if version and total still equal ARGV[9] and ARGV[10]); ARGV[8] the event's kind
 # ('import', 'restore', 'rotate'); ARGV[11] k, the number of hash field/value arguments
 # that follow, ARGV[12] s, the number of side field/value pairs after them, ARGV[13] x, the
-# number of side index members after those; then the history records, oldest first.
-# Reply: {'ok', previous owner or ''}.
+# number of side index members after those, ARGV[14] with 'cas': the side data's revision
+# (the hash's side_rev, '0' when absent) it must still have ('' = not checked); then the hash
+# fields, the side data and the history records, oldest first. Reply: {'ok', previous owner
+# or ''}.
 WRITE = _write(
     "write",
     """
@@ -588,18 +590,21 @@ elseif mode == 'cas' then
   local uid, err = owner(true)
   if not uid then return err end
   if changed(ARGV[9], ARGV[10]) then return {'conflict'} end
+  if ARGV[14] ~= '' and (redis.call('HGET', HASH, 'side_rev') or '0') ~= ARGV[14] then
+    return {'conflict'}
+  end
 end
 local k, s, x = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
 local uid
-for i = 14, 13 + k, 2 do
+for i = 15, 14 + k, 2 do
   if ARGV[i] == 'user_id' then uid = ARGV[i + 1] end
 end
 local old = redis.call('HGET', HASH, 'user_id')
 if old and old ~= uid then unindex(old) end
 redis.call('DEL', HASH, LOG, TOMB, SIDE, SIDEIX)
-redis.call('HSET', HASH, unpack(ARGV, 14, 13 + k))
-set_side(14 + k, s, 13 + k + 2 * s + x)
-push(14 + k + 2 * s + x, #ARGV)
+redis.call('HSET', HASH, unpack(ARGV, 15, 14 + k))
+set_side(15 + k, s, 14 + k + 2 * s + x)
+push(15 + k + 2 * s + x, #ARGV)
 expire()
 index(uid, true)
 event(ARGV[8], uid)

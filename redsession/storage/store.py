@@ -283,17 +283,18 @@ class Store:
     def write(
         self, sid: str, uid: str, fields: list[str | bytes], records: Sequence[bytes],
         t: Stamp, *, mode: str, kind: str, expect: tuple[int, int] | None = None,
-        side: Side | None = None,
+        side: Side | None = None, side_rev: str = "",
     ) -> Op[bool]:  # fmt: skip
         """Replace a whole session (mode 'new', 'replace' or 'cas'), side data included (none
         when ``side`` is None); False on a CAS conflict. ``kind``: its event ('import',
-        'restore' or 'rotate')."""
+        'restore' or 'rotate'). ``side_rev``: with 'cas', the side data's revision (the
+        hash's ``side_rev``, '0' when absent) that must hold too ('' = not checked)."""
         version, total = expect if expect else ("", "")
         pairs = [a for kv in side.fields.items() for a in kv] if side else []
         members = side.members if side else []
         reply = yield from self._run(
             scripts.WRITE, sid, None, t, mode, kind, version, total, len(fields),
-            len(pairs) // 2, len(members), *fields, *pairs, *members, *records,
+            len(pairs) // 2, len(members), side_rev, *fields, *pairs, *members, *records,
         )  # fmt: skip
         if reply[0] == "conflict":
             return False
