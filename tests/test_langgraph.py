@@ -19,7 +19,7 @@ from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.conformance.report import ProgressCallbacks
 from langgraph.graph import END, START, StateGraph
 
-from redsession import AsyncSessionManager, Settings
+from redsession import AsyncSessionManager, SessionManager, Settings
 from redsession.errors import InvalidInput, SessionNotFound
 from redsession.integrations.langgraph import RedsessionSaver, session_for
 from redsession.storage import scripts
@@ -336,3 +336,27 @@ def test_rotation_racing_a_checkpoint_write_keeps_it(
 
 def _side_values(m: Any, sid: str) -> list[bytes]:
     return list(m.client.hvals(m.keys.side(sid)[0]))
+
+
+def test_each_side_write_is_one_event_and_a_merge_drops_the_secondarys(url: str) -> None:
+    m = SessionManager(sync_client(url, Settings()), Settings())
+    try:
+        m.put_checkpoint("t-a", "", "0001", b"a", create_for="u")
+        m.put_checkpoint("t-b", "", "0001", b"b", create_for="u")
+        m.put_checkpoint_writes("t-b", "", "0001", [("k", b"w", False)], create_for="u")
+        events = [
+            (e[b"kind"], e[b"sid"]) for _, e in m.client.xrange(m.keys.events, "-", "+")
+        ]
+        assert events == [
+            (b"create", b"t-a"), (b"side", b"t-a"),
+            (b"create", b"t-b"), (b"side", b"t-b"), (b"side", b"t-b"),
+        ]  # fmt: skip
+        m.merge_sessions("t-a", "t-b")
+        assert not any(m.client.exists(k) for k in m.keys.session_keys("t-b")[:2])
+        assert not any(m.client.exists(k) for k in m.keys.side("t-b"))
+        row = m.get_checkpoint("t-a", "")
+        assert row is not None
+        assert row.payload == b"a"
+        assert m.get_checkpoint("t-b", "") is None
+    finally:
+        m.close()
