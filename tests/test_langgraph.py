@@ -360,3 +360,19 @@ def test_each_side_write_is_one_event_and_a_merge_drops_the_secondarys(url: str)
         assert m.get_checkpoint("t-b", "") is None
     finally:
         m.close()
+
+
+async def test_alist_without_a_config_lists_every_thread_by_its_own_id(
+    manager: AsyncSessionManager,
+) -> None:
+    saver = RedsessionSaver(manager)
+    graph = counting_graph(saver)
+    for tid in ("plain-1", "user:7 / chat"):
+        await graph.ainvoke({"steps": []}, thread(tid))
+    await manager.create_session("bob", session_id="no-checkpoints")
+    found = [t.config["configurable"]["thread_id"] async for t in saver.alist(None)]
+    assert sorted(set(found)) == ["plain-1", "user:7 / chat"]
+    assert len(found) == 8  # four checkpoints a run: input, then each of three steps
+    assert len([t async for t in saver.alist(None, limit=3)]) == 3
+    step2 = [t.metadata["step"] async for t in saver.alist(None, filter={"step": 2})]
+    assert step2 == [2, 2]

@@ -47,6 +47,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from redsession.async_manager import AsyncSessionManager
+from redsession.errors import SessionNotFound
 from redsession.storage.checkpoints import Row
 
 T = TypeVar("T")
@@ -211,7 +212,7 @@ class RedsessionSaver(BaseCheckpointSaver[str]):
         async for sid in self.manager.iter_session_ids():
             try:
                 scope = (await self.manager.get_session(sid, history=0)).scope
-            except LookupError:  # gone since the walk saw it
+            except SessionNotFound:  # gone since the walk saw it
                 continue
             if scope and scope.get("framework") == "langgraph" and "thread_id" in scope:
                 yield scope["thread_id"]
