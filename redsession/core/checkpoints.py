@@ -22,14 +22,30 @@ from redsession.storage.commands import Op
 MAX_NAME = 1024  # characters in a namespace, checkpoint id, write key, blob name or version
 
 
-def name(value: object, what: str) -> str:
-    """A namespace, id, key or blob name: a str without NUL (it separates them in storage)."""
+def name(value: object, what: str, *, empty: bool = False) -> str:
+    """A namespace, id, key or blob name: a str without NUL (it separates them in storage);
+    only a namespace may be empty (LangGraph's root namespace is '')."""
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be a string, not {type(value).__name__}")
     check.text(value, what, MAX_NAME * 4)
-    if SEP in value or len(value) > MAX_NAME:
-        raise InvalidInput(f"{what} must be at most {MAX_NAME} characters, without NUL")
+    if SEP in value or len(value) > MAX_NAME or (not value and not empty):
+        raise InvalidInput(f"{what} must be 1 to {MAX_NAME} characters, without NUL")
     return value
+
+
+def _ns(value: object) -> str:
+    return name(value, "namespace", empty=True)
+
+
+def _tuples(core: Core, value: object, size: int, what: str) -> list[tuple[object, ...]]:
+    """A list of ``size``-tuples, at most Settings.max_append_items of them."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise InvalidInput(f"{what} must be a list of {size}-tuples, not {check.show(value)}")
+    if len(value) > core.settings.max_append_items:
+        raise InvalidInput(f"at most {core.settings.max_append_items} {what} per call")
+    if not all(isinstance(t, (list, tuple)) and len(t) == size for t in value):
+        raise InvalidInput(f"{what} must be a list of {size}-tuples")
+    return [tuple(t) for t in value]
 
 
 def _payload(core: Core, value: object, what: str) -> bytes:
@@ -55,11 +71,11 @@ def put_checkpoint(
     """Store a checkpoint and the (name, version, value) blobs it brings."""
     sid = check.session_id(session_id)
     uid, scope_json = _creator(core, create_for, scope)
-    ns, cid = name(ns, "namespace"), name(checkpoint_id, "checkpoint id")
+    ns, cid = _ns(ns), name(checkpoint_id, "checkpoint id")
     sealed = _payload(core, payload, "checkpoint")
     values = [
         (name(n, "blob name"), name(v, "blob version"), _payload(core, b, "blob"))
-        for n, v, b in blobs
+        for n, v, b in _tuples(core, blobs, 3, "blobs")
     ]
     t = core.stamp(op=core.op(None))
     yield from Checkpoints(core.store).put(sid, t, uid, scope_json, ns, cid, sealed, values)
@@ -74,8 +90,12 @@ def put_writes(
     value unless ``replace``."""
     sid = check.session_id(session_id)
     uid, scope_json = _creator(core, create_for, scope)
-    ns, cid = name(ns, "namespace"), name(checkpoint_id, "checkpoint id")
-    sealed = [(name(k, "write key"), _payload(core, v, "write"), bool(r)) for k, v, r in writes]
+    ns, cid = _ns(ns), name(checkpoint_id, "checkpoint id")
+    sealed = []
+    for k, v, replace in _tuples(core, writes, 3, "writes"):
+        if not isinstance(replace, bool):
+            raise InvalidInput(f"a write's replace flag must be a bool, not {check.show(replace)}")
+        sealed.append((name(k, "write key"), _payload(core, v, "write"), replace))
     if not sealed:
         return
     t = core.stamp(op=core.op(None))
@@ -96,7 +116,7 @@ def get_checkpoint(
     """Checkpoint ``checkpoint_id`` of ``ns`` (None: the newest) with its writes; None when
     the session or the checkpoint is not there."""
     sid = check.session_id(session_id)
-    ns = name(ns, "namespace")
+    ns = _ns(ns)
     cid = None if checkpoint_id is None else name(checkpoint_id, "checkpoint id")
     try:
         row = yield from Checkpoints(core.store).get(sid, core.stamp(), ns, cid)
@@ -112,9 +132,11 @@ def list_checkpoints(
     """A page of checkpoints, newest first (see storage.checkpoints.Checkpoints.page), and
     where the next page starts (None: this was the last)."""
     sid = check.session_id(session_id)
-    ns = None if ns is None else name(ns, "namespace")
+    ns = None if ns is None else _ns(ns)
     before = None if before is None else name(before, "checkpoint id")
     count = check.integer(count, "count", 1)
+    if resume is not None and (not isinstance(resume, bytes) or len(resume) > 8 * MAX_NAME):
+        raise InvalidInput("resume must be the bytes a previous page returned, or None")
     try:
         page = yield from Checkpoints(core.store).page(sid, core.stamp(), ns, before, resume, count)
     except SessionNotFound:
@@ -127,8 +149,11 @@ def get_blobs(
 ) -> Op[list[bytes | None]]:
     """The (name, version) blobs of ``ns``: their values, None where there is none."""
     sid = check.session_id(session_id)
-    ns = name(ns, "namespace")
-    asked = [(name(n, "blob name"), name(v, "blob version")) for n, v in names]
+    ns = _ns(ns)
+    asked = [
+        (name(n, "blob name"), name(v, "blob version"))
+        for n, v in _tuples(core, names, 2, "blob names")
+    ]
     values = yield from Checkpoints(core.store).blobs(sid, ns, asked)
     return [None if v is None else core.cipher.open(v, "a blob") for v in values]
 
