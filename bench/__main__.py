@@ -17,7 +17,9 @@ from bench import harness, report, suite
 from bench.harness import FULL, SMOKE
 from bench.ops import OPS
 
-SECTIONS = ("ops", "instructions", "growth", "dump", "memory", "frameworks", "checkpoints")
+SECTIONS = (
+    "ops", "instructions", "growth", "dump", "memory", "writes", "frameworks", "checkpoints"
+)
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
@@ -107,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench import checkpoints
 
             tables += checkpoints.checkpoints(srv.url, smoke=args.smoke, budget=budget)
+        if "writes" in sections:
+            from bench import writes
+
+            tables += writes.writes(srv.url, smoke=args.smoke, rounds=budget.rounds)
         if "frameworks" in sections:
             from bench import frameworks
 

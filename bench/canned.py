@@ -27,6 +27,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ TOLERANCE = 0.10  # a count this much above the committed baseline fails --check
 LIMIT = 1.5  # the target: redsession at most this many times the hand-rolled count
 ENV = {"PYTHONHASHSEED": "0"}  # dict and set order, hence instruction counts, repeat
 SID, UID = "canned-session", "canned-user"
+CLOCK = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
 
 
 class _Socket:
@@ -128,7 +130,10 @@ def operations(
     if impl == "redsession":
         from redsession import SessionManager
 
-        m = SessionManager(client)
+        # A fixed clock: the replayed reply holds the time of the recorded call (the time of
+        # the entry an append stored), and it must be this call's, or the client would take
+        # the path of a repeated operation id (core/history.py _append).
+        m = SessionManager(client, clock=lambda: CLOCK)
         return {
             "log_interaction": lambda: m.log_interaction(
                 SID, user_message=data.USER_MESSAGE, assistant_response=data.ASSISTANT_RESPONSE,

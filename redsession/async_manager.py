@@ -60,7 +60,7 @@ class AsyncSessionManager(ManagerBase):
         super().__init__(
             client, settings, clock, isinstance(client, redis.asyncio.RedisCluster)
         )
-        self._driver = AsyncDriver(client, client_factory)
+        self._driver = AsyncDriver(client, client_factory, self.retrying, self.replicas)
 
     @classmethod
     def from_url(cls, url: str | None = None, **settings: Any) -> AsyncSessionManager:

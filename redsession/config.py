@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     # so a retried write whose first reply was lost is not applied twice. Long enough to
     # ride out a Sentinel failover or a Redis restart.
     retry_deadline: timedelta = Field(default=timedelta(seconds=15), ge=timedelta(0))
+    # A write is acknowledged only once this many replicas have it (WAIT, pipelined with the
+    # write), so a failover to one of them cannot lose it; a write the replicas do not
+    # confirm within replica_timeout is sent again (deduplicated), then StorageUnavailable at
+    # retry_deadline. 0: acknowledged when the master applied it. One server or Sentinel.
+    write_replicas: int = Field(default=0, ge=0)
+    replica_timeout: timedelta = Field(default=timedelta(seconds=1), gt=timedelta(0))
     # A session remembers the operation ids (and first replies) of its writes this long, so a
     # retry arriving later than this may apply again. Longer than any retry_deadline.
     op_window: timedelta = Field(default=timedelta(minutes=10), gt=timedelta(0))
@@ -112,6 +118,26 @@ class Settings(BaseSettings):
     mcp_token: SecretStr | None = None
     # JSON object of more bearer tokens -> the user id each may act for ("*": admin).
     mcp_tokens_file: Path | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any, info: ValidationInfo) -> Any:
+        # The environment gives strings: for a duration a plain number is seconds, as
+        # documented (pydantic reads only ISO 8601 durations, "PT60S", from a string).
+        field = cls.model_fields[info.field_name or ""]
+        if isinstance(value, str) and field.annotation is timedelta:
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        return value
+
+    @model_validator(mode="after")
+    def _retries_within_op_window(self) -> Settings:
+        # A retry sent after its operation id was forgotten would apply the write twice.
+        if self.retry_deadline >= self.op_window:
+            raise ValueError("retry_deadline must be shorter than op_window")
+        return self
 
     @field_validator("encryption_keys", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ import redis
 from redsession.config import Settings
 from redsession.core import checkpoints, history, sessions, stats, transfer
 from redsession.core.base import Core
+from redsession.errors import ConfigError
 from redsession.maintenance import cleanup, repair, restore, rotation, snapshots
 from redsession.maintenance.cleanup import CleanupReport
 from redsession.maintenance.repair import RepairReport
@@ -37,7 +38,7 @@ from redsession.model.models import (
 from redsession.storage.checkpoints import Row as CheckpointRow
 from redsession.storage.commands import Op
 from redsession.storage.connection import sync_client
-from redsession.storage.drivers import SyncDriver
+from redsession.storage.drivers import Replicas, Retrying, SyncDriver
 from redsession.storage.keys import Keys
 from redsession.storage.store import Store
 
@@ -54,6 +55,11 @@ class ManagerBase:
         self.keys = Keys(self.settings.key_prefix)
         self.core = Core(Store(self.keys, self.settings, cluster=cluster), self.settings, clock)
         self.client = client
+        s = self.settings
+        self.retrying = Retrying(s.retry_deadline.total_seconds())
+        if cluster and s.write_replicas:
+            raise ConfigError("write_replicas is for one server or Sentinel, not a cluster")
+        self.replicas = Replicas(s.write_replicas, int(s.replica_timeout.total_seconds() * 1000))
 
     def _data_dir(self, data_dir: Path | None) -> Path:
         return self.settings.data_dir if data_dir is None else Path(data_dir)
@@ -70,7 +76,7 @@ class SessionManager(ManagerBase):
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         super().__init__(client, settings, clock, isinstance(client, redis.RedisCluster))
-        self._driver = SyncDriver(client)
+        self._driver = SyncDriver(client, self.retrying, self.replicas)
 
     @classmethod
     def from_url(cls, url: str | None = None, **settings: Any) -> SessionManager:

@@ -67,6 +67,10 @@ def manager(redis_url: str, data_dir: Path) -> Iterator[SessionManager]:
         yield m
 
 
+# The Redis some tests point at is down for good: retry it briefly, not for the default 15 s.
+ENV = {"REDSESSION_RETRY_DEADLINE": "0.3"}
+
+
 @pytest.fixture
 def invoke(redis_url: str, data_dir: Path) -> Callable[..., Result]:
     """invoke(*args, input=None, url=redis_url): the CLI in-process, stdout and stderr apart."""
@@ -74,7 +78,7 @@ def invoke(redis_url: str, data_dir: Path) -> Callable[..., Result]:
 
     def run(*args: str, input: str | bytes | None = None, url: str | None = None) -> Result:
         base = ["--redis-url", url or redis_url, "--data-dir", str(data_dir)]
-        return runner.invoke(cli, [*base, *args], input=input, catch_exceptions=False)
+        return runner.invoke(cli, [*base, *args], input=input, env=ENV, catch_exceptions=False)
 
     return run
 

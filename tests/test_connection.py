@@ -135,7 +135,9 @@ def test_unreachable_cluster_is_storage_unavailable() -> None:
 
 def test_unreachable_sentinels_are_storage_unavailable() -> None:
     (port,) = free_ports(1)
-    m = SessionManager.from_url(f"redis+sentinel://127.0.0.1:{port}/svc", connect_timeout=0.5)
+    m = SessionManager.from_url(
+        f"redis+sentinel://127.0.0.1:{port}/svc", connect_timeout=0.5, retry_deadline=0.3
+    )
     with pytest.raises(StorageUnavailable):
         m.create_session("alice")
     m.close()

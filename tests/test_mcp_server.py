@@ -515,7 +515,10 @@ async def test_storage_unavailable_is_a_tool_error(
     server_factory: ServerFactory, tmp_path: Path
 ) -> None:
     redis_server = server_factory()
-    async with stdio_mcp(redis_server.url, tmp_path / "err.log") as s:
+    # Retried briefly (not the default 15 s): this Redis stays down.
+    async with stdio_mcp(
+        redis_server.url, tmp_path / "err.log", REDSESSION_RETRY_DEADLINE="0.3"
+    ) as s:
         sid = await start(s)
         redis_server.stop()
         for _ in range(2):  # and again: the server survives its first failure

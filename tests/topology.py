@@ -269,14 +269,17 @@ def async_cluster_manager(
 
 
 class SentinelSetup:
-    """One master, one replica and three sentinels watching them as ``service``."""
+    """One master, ``replicas`` replicas and three sentinels watching them as ``service``."""
 
-    def __init__(self, base: Path, service: str = "mymaster", quorum: int = 2) -> None:
+    def __init__(
+        self, base: Path, service: str = "mymaster", quorum: int = 2, replicas: int = 1
+    ) -> None:
         self.base = base
         self.service = service
         self.quorum = quorum
         self.master: RedisServer | None = None
-        self.replica: RedisServer | None = None
+        self.replicas: list[RedisServer] = []
+        self._replica_count = replicas
         self.sentinel_ports: list[int] = []
         self._sentinels: list[subprocess.Popen[bytes]] = []
 
@@ -287,15 +290,18 @@ class SentinelSetup:
 
     def start(self) -> None:
         try:
-            m_port, r_port, *s_ports = free_ports(5)
+            m_port, *s_ports = free_ports(4)
             self.master = RedisServer(self.base / "master", port=m_port)
             self.master.start()
-            self.replica = RedisServer(
-                self.base / "replica", port=r_port,
-                extra_args=("--replicaof", "127.0.0.1", str(m_port)),
-            )  # fmt: skip
-            self.replica.start()
-            _wait("replication", lambda: _streaming(m_port, "topology-probe", 1))
+            for i in range(self._replica_count):
+                replica = RedisServer(
+                    self.base / f"replica-{i}",
+                    extra_args=("--replicaof", "127.0.0.1", str(m_port)),
+                )
+                self.replicas.append(replica)
+                replica.start()
+            n = self._replica_count
+            _wait("replication", lambda: _streaming(m_port, "topology-probe", n))
             binary = str(find_server_binary())
             for i, port in enumerate(s_ports):
                 folder = self.base / f"sentinel-{i}"
@@ -332,7 +338,7 @@ class SentinelSetup:
                 state = c.sentinel_master(self.service)
                 if int(state["num-other-sentinels"]) != len(self.sentinel_ports) - 1:
                     return False
-                if int(state["num-slaves"]) < 1:
+                if int(state["num-slaves"]) < self._replica_count:
                     return False
         return True
 
@@ -352,7 +358,7 @@ class SentinelSetup:
                 proc.kill()
                 proc.wait()
         self._sentinels.clear()
-        for server in (self.replica, self.master):
+        for server in (*self.replicas, self.master):
             if server is not None:
                 server.stop()
 

@@ -35,7 +35,7 @@ class Core:
         self.store = store
         self.settings = settings
         self.clock = clock
-        self._ttl_us = settings.session_ttl // timedelta(microseconds=1)
+        self.ttl_us = settings.session_ttl // timedelta(microseconds=1)
         self.cipher = Cipher([k.get_secret_value() for k in settings.encryption_keys])
 
     def now(self) -> int:
@@ -52,7 +52,7 @@ class Core:
         now = self.now()
         return Stamp(
             activity=now if activity is None else activity,
-            expires=now + self._ttl_us if expires is None else expires,
+            expires=now + self.ttl_us if expires is None else expires,
             now=now,
             op=op,
         )

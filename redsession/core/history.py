@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -19,11 +19,13 @@ from redsession.core.sessions import checked_scope, checked_state
 from redsession.errors import ConcurrentModification, InvalidInput, PayloadTooLarge
 from redsession.model import validation as check
 from redsession.model.codec import (
+    TIME_AT,
     encode_interaction,
     encode_item,
     record_time,
     scope_field,
     state_fields,
+    time_of_record,
 )
 from redsession.model.models import (
     Interaction,
@@ -36,6 +38,7 @@ from redsession.storage.commands import Op
 from redsession.storage.store import Stamp
 
 _US = timedelta(microseconds=1)
+E = TypeVar("E", Interaction, Item)
 
 
 def get_history(
@@ -66,9 +69,14 @@ def log_interaction(
     meta = {} if metadata is None else metadata
     meta_json = core.json(meta, "metadata")
     tops = check.topics(topics, s.max_topics)
-    t = core.stamp(op=core.op(op_id))
+    if op_id is None:  # a new entry's random id serves as a new operation id as well
+        rid = op = check.new_entry_id()
+    else:
+        op = check.op_id(op_id)
+        rid = check.entry_id_for_op(op, 0)
+    t = core.stamp(op=op)
     interaction = Interaction.model_validate({
-        "id": check.new_entry_id(), "timestamp": from_us(t.now),
+        "id": rid, "timestamp": from_us(t.now),
         "user_message": user_message, "assistant_response": assistant_response,
         "metadata": meta, "topics": tops,
     })  # fmt: skip
@@ -76,29 +84,37 @@ def log_interaction(
         record = encode_interaction(interaction, core.cipher, meta_json)
     except TypeError as e:  # a lone surrogate in a message
         raise InvalidInput(f"interaction is not valid Unicode: {e}") from e
-    yield from _append(core, sid, owner, [record], tops, t, None)
+    [interaction] = yield from _append(core, sid, owner, [record], [interaction], tops, t, None)
     return interaction
 
 
 def _append(
-    core: Core, sid: str, owner: str | None, records: Sequence[bytes], topics: Sequence[str],
-    t: Stamp, create_for: str | None, scope: bytes = b"", state: Sequence[bytes | str] = (),
-) -> Op[int]:  # fmt: skip
+    core: Core, sid: str, owner: str | None, records: Sequence[bytes], entries: Sequence[E],
+    topics: Sequence[str], t: Stamp, create_for: str | None, scope: bytes = b"",
+    state: Sequence[bytes | str] = (),
+) -> Op[list[E]]:  # fmt: skip
+    """Append the records of ``entries``; returns the entries as stored. A repeated
+    operation stored its records the first time: the same ids (from its operation id), at
+    that call's times, which it returns."""
     limit = core.settings.max_topics
-    status, n = yield from core.store.append(
+    status, _, first = yield from core.store.append(
         sid, owner, records, topics, limit, t, create_for, scope, state
     )
     if status == "limit":
         raise PayloadTooLarge(f"session {sid!r} would exceed {limit} topics")
-    return n
+    if not records or first == records[0][TIME_AT]:
+        return list(entries)
+    shift = time_of_record(first) - entries[0].timestamp
+    return [e.model_copy(update={"timestamp": e.timestamp + shift}) for e in entries]
 
 
 def _items(
-    core: Core, items: object, at: datetime, ids: object, times: object = None
+    core: Core, items: object, at: datetime, ids: object, times: object = None, op: str = ""
 ) -> tuple[list[Item], list[bytes]]:
     """Check framework items and encode their records. Their times are ``times`` (one per
     item, e.g. a framework event's own) or ``at``, ``at`` + 1 µs, ...: distinct, so that a
-    merge, which orders by time, keeps their order."""
+    merge, which orders by time, keeps their order. Their ids are ``ids``, or derived from
+    a caller's operation id ``op``, or new."""
     s = core.settings
     if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Sequence):
         raise InvalidInput("items must be a list of JSON objects")
@@ -119,7 +135,10 @@ def _items(
         data = check.json_object(
             item, f"item {n}", max_bytes=s.max_message_bytes, max_depth=s.max_json_depth
         )
-        rid = check.new_entry_id() if given is None else given[n]
+        if given is not None:
+            rid = given[n]
+        else:
+            rid = check.entry_id_for_op(op, n) if op else check.new_entry_id()
         when = at + n * _US if stamps is None else stamps[n]
         models.append(Item.model_validate({"id": rid, "timestamp": when, "item": item}))
         records.append(encode_item(rid, when, data, core.cipher))
@@ -150,11 +169,10 @@ def append_items(
     fields = state_fields(checked_state(core, state), core.cipher)
     sc = scope_field(checked_scope(core, scope))
     t = core.stamp(op=core.op(op_id))
-    models, records = _items(core, items, from_us(t.now), ids, times)
+    models, records = _items(core, items, from_us(t.now), ids, times, "" if op_id is None else t.op)
     if not records and not fields:
         return []
-    yield from _append(core, sid, owner, records, tops, t, create, sc, fields)
-    return models
+    return (yield from _append(core, sid, owner, records, models, tops, t, create, sc, fields))
 
 
 def get_items(

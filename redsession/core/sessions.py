@@ -30,19 +30,25 @@ def create_session(
     reuse_deleted: bool = False, op_id: str | None = None,
 ) -> Op[Session]:  # fmt: skip
     uid = check.user_id(user_id)
-    sid = check.new_session_id() if session_id is None else check.session_id(session_id)
+    op = core.op(op_id)
+    if session_id is not None:
+        sid = check.session_id(session_id)
+    else:  # the caller's operation id, repeated, must name the same new session
+        sid = check.new_session_id() if op_id is None else check.session_id_for_op(uid, op)
     ctx = {} if context is None else context
     data = core.cipher.seal(core.json(ctx, "context"))
     st, sc = checked_state(core, state), checked_scope(core, scope)
-    t = core.stamp(op=core.op(op_id))
+    t = core.stamp(op=op)
     fields = state_fields(st, core.cipher)
     if not isinstance(reuse_deleted, bool):
         raise InvalidInput(f"reuse_deleted must be a bool, not {check.show(reuse_deleted)}")
-    yield from core.store.create(sid, uid, data, t.now, t, scope_field(sc), fields, reuse_deleted)
+    created = yield from core.store.create(
+        sid, uid, data, t.now, t, scope_field(sc), fields, reuse_deleted
+    )
     return Session(
-        session_id=sid, user_id=uid, total_interactions=0, created_at=from_us(t.now),
-        last_activity=from_us(t.now), expires_at=from_us(t.expires), context=dict(ctx),
-        state=st, scope=sc,
+        session_id=sid, user_id=uid, total_interactions=0, created_at=from_us(created),
+        last_activity=from_us(created), expires_at=from_us(created + core.ttl_us),
+        context=dict(ctx), state=st, scope=sc,
     )  # fmt: skip
 
 

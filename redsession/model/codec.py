@@ -82,6 +82,15 @@ def record_time(dt: datetime) -> bytes:
     return _iso(dt)[1:-1]
 
 
+TIME_AT = slice(len(_HEAD), len(_HEAD) + 27)  # a record's time, in its first bytes
+
+
+def time_of_record(rec: bytes) -> datetime:
+    """The time at the head of a record (or of the 27 bytes that TIME_AT cuts from one)."""
+    when = rec[TIME_AT] if len(rec) > 27 else rec
+    return datetime.fromisoformat(when[:26].decode()).replace(tzinfo=timezone.utc)  # no "Z"
+
+
 def _record(dt: datetime, rid: str, kind: bytes, rest: bytes, cipher: Cipher) -> bytes:
     """``rest``: the entry's other members, as ``"name":value,...`` JSON."""
     head = b'%s%s","id":"%s","kind":"%s"' % (_HEAD, record_time(dt), rid.encode(), kind)

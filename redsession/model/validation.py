@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
 import re
 import reprlib
@@ -32,6 +34,24 @@ def new_session_id() -> str:
         sid = secrets.token_urlsafe(16)
         if sid[0] != "-":
             return sid
+
+
+def _derived(size: int, *parts: str) -> str:
+    digest = hashlib.sha256("\0".join(("redsession", *parts)).encode()).digest()
+    derived = base64.urlsafe_b64encode(digest[:size]).rstrip(b"=").decode()
+    return "A" + derived[1:] if derived[0] == "-" else derived  # never an option
+
+
+def session_id_for_op(user_id: str, op: str) -> str:
+    """The id a create with a caller's operation id (and no session id) gives its session:
+    derived from both, so the call repeated makes the same session, not a second one."""
+    return _derived(16, "create", user_id, op)
+
+
+def entry_id_for_op(op: str, n: int) -> str:
+    """The id of the ``n``-th entry a write with a caller's operation id appends: the call
+    repeated returns the entries it stored the first time."""
+    return _derived(12, "entry", op, str(n))
 
 
 def new_entry_id() -> str:

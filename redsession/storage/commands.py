@@ -23,6 +23,7 @@ class Script:
 
     name: str
     source: str
+    writes: bool = False  # changes data: with Settings.write_replicas, WAIT follows it
     sha: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

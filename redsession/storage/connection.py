@@ -44,8 +44,8 @@ AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
 
 
 def _retry() -> Retry:
-    # No transparent retries: a script that ran but whose reply was lost would run
-    # twice (a duplicated interaction). Callers see StorageUnavailable and decide.
+    # No retries inside redis-py: the drivers retry whole commands, within the deadline of
+    # Settings.retry_deadline, and the scripts' operation ids make that safe (drivers.py).
     return Retry(NoBackoff(), 0)
 
 

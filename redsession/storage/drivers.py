@@ -7,16 +7,32 @@ driver runs it to completion on a redis-py client, sync or asyncio, standalone o
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
+import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ClusterDownError,
+    MasterDownError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from redsession.errors import CorruptData, StorageError, StorageUnavailable
 from redsession.storage.commands import Arg, Cmd, Eval, OnEachPrimary, Op, Reply, Scan, T
@@ -24,12 +40,109 @@ from redsession.storage.commands import Arg, Cmd, Eval, OnEachPrimary, Op, Reply
 AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
 
 
+# What a retry can cure: the connection broke or timed out, or the server is in a failover
+# (a replica answering READONLY, a master that lost its link, a server still LOADING its data
+# (a ConnectionError in redis-py), a cluster slot moving or down).
+TRANSIENT = (
+    RedisConnectionError, RedisTimeoutError, ReadOnlyError, MasterDownError, TryAgainError,
+    ClusterDownError,
+)  # fmt: skip
+
+
+def _permanent(e: Exception) -> bool:
+    """A connection error that waiting will not cure: refused credentials or certificate."""
+    if isinstance(e, (AuthenticationError, AuthorizationError)):
+        return True
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+class Retrying:
+    """Sends a command again on a transient error, with backoff, until a deadline.
+
+    Safe for writes because every write script carries an operation id: a write whose reply
+    was lost, sent again, returns its first reply and changes nothing (storage/scripts.py).
+    The deadline counts from an operation's first failure, so a call that meets none pays
+    nothing for it (a try block); a call that keeps failing gives up after the deadline, at
+    most one backoff (1 s) and one socket timeout later. A deadline of 0 sends each command
+    once.
+    """
+
+    BACKOFF_BASE, BACKOFF_CAP = 0.02, 1.0  # seconds: 20 ms, 40 ms, ... up to 1 s, jittered
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.backoff = ExponentialWithJitterBackoff(cap=self.BACKOFF_CAP, base=self.BACKOFF_BASE)
+        # retries=-1: no count limit; fail() below ends the loop at the deadline.
+        self.sync = Retry(self.backoff, -1, TRANSIENT)
+        self.asyncio = redis.asyncio.retry.Retry(self.backoff, -1, TRANSIENT)
+
+    def fail(self, started: float) -> Callable[[Exception], None]:
+        """The failure handler of an operation that first failed at ``started``."""
+
+        def fail(e: Exception) -> None:
+            if _permanent(e) or time.monotonic() - started >= self.deadline:
+                raise e
+
+        return fail
+
+    def again(self, cmd: Callable[[], Reply], first: Exception, started: float) -> Reply:
+        """``cmd`` sent again after its ``first`` failure, until it succeeds or fails for
+        good; ``started``: when the operation first failed."""
+        fail = self.fail(started)
+        fail(first)
+        time.sleep(self.backoff.compute(1))
+        return self.sync.call_with_retry(cmd, fail)
+
+    async def again_async(
+        self, cmd: Callable[[], Awaitable[Reply]], first: Exception, started: float
+    ) -> Reply:
+        """again() for asyncio (redis.asyncio's Retry awaits its failure handler)."""
+        fail = self.fail(started)
+
+        async def async_fail(e: Exception) -> None:
+            fail(e)
+
+        fail(first)
+        await asyncio.sleep(self.backoff.compute(1))
+        return await self.asyncio.call_with_retry(cmd, async_fail)
+
+
+NO_RETRIES = Retrying(0)
+
+
+class NotReplicated(RedisConnectionError):
+    """A write the master applied but too few replicas confirmed (Settings.write_replicas):
+    transient, so the write is sent again; its operation id makes that safe."""
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """Writes wait for this many replicas (WAIT), up to ``timeout_ms``; 0: they do not."""
+
+    count: int = 0
+    timeout_ms: int = 1000
+
+    def check(self, acked: int) -> None:
+        if acked < self.count:
+            raise NotReplicated(
+                f"the write reached {acked} of {self.count} replicas in {self.timeout_ms} ms"
+            )
+
+
+NO_REPLICAS = Replicas()
+
+
 def _error(e: RedisError | UnicodeDecodeError) -> StorageError | CorruptData:
     if isinstance(e, UnicodeDecodeError):
         # Only someone writing to our keys directly puts such bytes there; the reply may have
         # been decoded by redis-py (a decode_responses client) or by the operation.
         return CorruptData(f"Redis holds bytes that are not UTF-8 where redsession keeps text: {e}")
-    if isinstance(e, (RedisConnectionError, RedisTimeoutError)):
+    if isinstance(e, TRANSIENT):  # after the deadline, or refused credentials or certificate
         return StorageUnavailable(f"Redis is unavailable: {e}")
     return StorageError(f"Redis refused the command: {e}")
 
@@ -41,14 +154,27 @@ def _evalsha_args(cmd: Eval) -> tuple[Arg, ...]:
 class SyncDriver:
     """Runs store operations on a redis-py client (standalone or cluster)."""
 
-    def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
+    def __init__(
+        self,
+        client: redis.Redis | redis.RedisCluster,
+        retrying: Retrying = NO_RETRIES,
+        replicas: Replicas = NO_REPLICAS,
+    ) -> None:
         self.client = client
+        self.retrying = retrying
+        self.replicas = replicas
 
     def run(self, op: Op[T]) -> T:
+        started = 0.0  # when a command of the operation first failed
         try:
             cmd = next(op)
             while True:
-                cmd = op.send(self._execute(cmd))
+                try:
+                    reply = self._execute(cmd)
+                except TRANSIENT as e:
+                    started = started or time.monotonic()
+                    reply = self.retrying.again(partial(self._execute, cmd), e, started)
+                cmd = op.send(reply)
         except StopIteration as stop:
             result: T = stop.value
             return result
@@ -60,12 +186,12 @@ class SyncDriver:
             return self._scan(cmd)
         if isinstance(cmd, Eval):
             try:
-                return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+                return self._eval(cmd)
             except NoScriptError:
                 # On a cluster SCRIPT LOAD goes to every primary; NOSCRIPT comes back
                 # after a failover or a SCRIPT FLUSH, as scripts are cached per node.
                 self.client.script_load(cmd.script.source)
-                return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+                return self._eval(cmd)
         if isinstance(cmd, OnEachPrimary):
             if isinstance(self.client, redis.RedisCluster):
                 nodes = self.client.get_primaries()  # type: ignore[no-untyped-call]
@@ -77,6 +203,17 @@ class SyncDriver:
         for c in cmd.commands:
             pipe.execute_command(*c)
         return pipe.execute()
+
+    def _eval(self, cmd: Eval) -> Reply:
+        r = self.replicas
+        if not (r.count and cmd.script.writes):
+            return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+        pipe.execute_command("WAIT", r.count, r.timeout_ms)
+        reply, acked = pipe.execute()
+        r.check(acked)
+        return reply
 
     def _scan(self, cmd: Scan) -> Reply:
         kw: dict[str, Any] = {"match": cmd.match, "count": cmd.page_size, "_type": cmd.type}
@@ -109,8 +246,12 @@ class AsyncDriver:
         self,
         client: AsyncClient,
         factory: Callable[[], AsyncClient] | None = None,
+        retrying: Retrying = NO_RETRIES,
+        replicas: Replicas = NO_REPLICAS,
     ) -> None:
         self.client = client
+        self.retrying = retrying
+        self.replicas = replicas
         self._factory = factory
         self._home: asyncio.AbstractEventLoop | None = None
         self._others: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient] = (
@@ -152,15 +293,17 @@ class AsyncDriver:
 
     async def run(self, op: Op[T]) -> T:
         client = self.client_for_loop()
+        started = 0.0  # when a command of the operation first failed
         try:
-            if isinstance(client, redis.asyncio.RedisCluster):
-                # Concurrent first calls on a new cluster client race its own start-up (some
-                # fail with "Connection closed by server"); initialize() is one flag test once
-                # the client is set up.
-                await client.initialize()
             cmd = next(op)
             while True:
-                cmd = op.send(await self._execute(client, cmd))
+                try:
+                    reply = await self._execute(client, cmd)
+                except TRANSIENT as e:
+                    started = started or time.monotonic()
+                    again = partial(self._execute, client, cmd)
+                    reply = await self.retrying.again_async(again, e, started)
+                cmd = op.send(reply)
         except StopIteration as stop:
             result: T = stop.value
             return result
@@ -168,14 +311,19 @@ class AsyncDriver:
             raise _error(e) from e
 
     async def _execute(self, client: AsyncClient, cmd: Cmd) -> Reply:
+        if isinstance(client, redis.asyncio.RedisCluster):
+            # Concurrent first calls on a new cluster client race its own start-up (some
+            # fail with "Connection closed by server"); initialize() is one flag test once
+            # the client is set up.
+            await client.initialize()
         if isinstance(cmd, Scan):
             return await self._scan(client, cmd)
         if isinstance(cmd, Eval):
             try:
-                return await client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+                return await self._eval(client, cmd)
             except NoScriptError:
                 await client.script_load(cmd.script.source)
-                return await client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+                return await self._eval(client, cmd)
         if isinstance(cmd, OnEachPrimary):
             if isinstance(client, redis.asyncio.RedisCluster):
                 nodes = client.get_primaries()
@@ -187,6 +335,17 @@ class AsyncDriver:
         for c in cmd.commands:
             pipe.execute_command(*c)
         return await pipe.execute()
+
+    async def _eval(self, client: AsyncClient, cmd: Eval) -> Reply:
+        r = self.replicas
+        if not (r.count and cmd.script.writes):
+            return await client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+        pipe = client.pipeline(transaction=False)
+        pipe.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+        pipe.execute_command("WAIT", r.count, r.timeout_ms)
+        reply, acked = await pipe.execute()
+        r.check(acked)
+        return reply
 
     async def _scan(self, client: AsyncClient, cmd: Scan) -> Reply:
         kw: dict[str, Any] = {"match": cmd.match, "count": cmd.page_size, "_type": cmd.type}

@@ -206,8 +206,11 @@ local function once(apply)
   local reply = apply()
   if reply[1] ~= 'ok' then return reply end
   redis.call('HSET', OPS, OP, cmsgpack.pack({{tonumber(NOW), reply}}))
-  if redis.call('HLEN', OPS) > {OPS_KEEP} then forget_old_ops() end
-  redis.call('PEXPIREAT', OPS, EXP_MS)  -- a deleted session's: its tombstone's
+  local n = redis.call('HLEN', OPS)
+  -- A new hash: expire() ran before it existed. Else it slid with the session's keys (or
+  -- took its tombstone's time, in DELETE).
+  if n == 1 then redis.call('PEXPIREAT', OPS, EXP_MS)
+  elseif n > {OPS_KEEP} then forget_old_ops() end
   return reply
 end
 """
@@ -246,7 +249,8 @@ def _session(name: str, body: str) -> Script:
 
 def _write(name: str, body: str) -> Script:
     """A script that changes a session: once per operation id (PRELUDE's once)."""
-    return Script(name, f"{PRELUDE}local function apply()\n{body}\nend\nreturn once(apply)\n")
+    source = f"{PRELUDE}local function apply()\n{body}\nend\nreturn once(apply)\n"
+    return Script(name, source, writes=True)
 
 
 # ARGV[7] user id, ARGV[8] context JSON, ARGV[9] created_at (µs), ARGV[10] scope (JSON,
@@ -267,7 +271,7 @@ fields(10, 12, #ARGV)
 expire()
 index(ARGV[7], true)
 event('create', ARGV[7])
-return {{'ok'}}
+return {{'ok', ARGV[9]}}
 """,
 )
 
@@ -358,7 +362,7 @@ return {'ok', uid, out}
 # ARGV[11+k] m, then m arguments: session state fields and values ("state:<key>", JSON) to
 # set with the records; ARGV[12+k+m..] topics to add. O(k + m) whatever the history length;
 # O(topics) for the topic union. Reply: {'ok', owner, new length, 1 if it created the
-# session else 0} or {'limit', topic count}.
+# session else 0, the first record's time} or {'limit', topic count}.
 APPEND = _write(
     "append",
     """
@@ -374,7 +378,7 @@ touch(uid, n)
 index(uid, created)
 if created then event('create', uid) end
 event('log', uid)
-return {'ok', uid, n, created and 1 or 0}
+return {'ok', uid, n, created and 1 or 0, k > 0 and rtime(ARGV[9]) or ''}
 """,
 )
 
@@ -459,6 +463,7 @@ if ARGV[7] ~= '' then
 end
 redis.call('DEL', HASH, LOG, SIDE, SIDEIX)
 redis.call('SET', TOMB, tomb, 'PX', ARGV[8])
+redis.call('PEXPIRE', OPS, ARGV[8])  -- a repeated delete gets its first reply meanwhile
 unindex(uid)
 if ARGV[7] == '' then event('delete', uid) else event('merge', uid, 'into', ARGV[7]) end
 return {'ok', uid}

@@ -109,15 +109,17 @@ class Store:
     def create(
         self, sid: str, uid: str, context: bytes, created: int, t: Stamp,
         scope: bytes = b"", state: Sequence[bytes | str] = (), reuse_deleted: bool = False,
-    ) -> Op[None]:  # fmt: skip
+    ) -> Op[int]:  # fmt: skip
         """A new session; ``state`` is field/value pairs ("state:<key>", sealed JSON).
-        ``reuse_deleted``: the id may be one this user deleted (see scripts.CREATE)."""
+        ``reuse_deleted``: the id may be one this user deleted (see scripts.CREATE).
+        Returns its creation time: ``created``, or the first call's for a repeated one."""
         reuse = "1" if reuse_deleted else "0"
-        yield from self._run(
+        _, first = yield from self._run(
             scripts.CREATE, sid, None, t, uid, context, created, scope, reuse, *state
         )
         yield from self._index(sid, uid, t, created=True)
         yield from self._event("create", sid, uid, t)
+        return int(first)
 
     def fetch(
         self, sid: str, owner: str | None, t: Stamp, *, touch: bool, history: int
@@ -173,9 +175,10 @@ class Store:
         self, sid: str, owner: str | None, records: Sequence[bytes], topics: Sequence[str],
         max_topics: int, t: Stamp, create_for: str | None = None, scope: bytes = b"",
         state: Sequence[bytes | str] = (),
-    ) -> Op[tuple[str, int]]:  # fmt: skip
-        """Append records (and set ``state`` fields with them); returns (status, log length).
-        Status 'limit': too many topics.
+    ) -> Op[tuple[str, int, bytes]]:  # fmt: skip
+        """Append records (and set ``state`` fields with them); returns (status, log length,
+        the time in the first record stored: another than this call's for a repeated
+        operation). Status 'limit': too many topics.
 
         ``create_for``: create the session for that user (with ``scope``) when it does not
         exist; it never resurrects a deleted or merged one.
@@ -185,13 +188,13 @@ class Store:
             create_for or "", scope, len(state), *state, *topics,
         )  # fmt: skip
         if reply[0] == "limit":
-            return "limit", int(reply[1])
+            return "limit", int(reply[1]), b""
         uid, created = text(reply[1]), bool(int(reply[3]))
         yield from self._index(sid, uid, t, created=created)
         if created:
             yield from self._event("create", sid, uid, t)
         yield from self._event("log", sid, uid, t)
-        return "ok", int(reply[2])
+        return "ok", int(reply[2]), text(reply[4]).encode()
 
     def pop(
         self, sid: str, owner: str | None, t: Stamp, expect: bytes = b"", replace: bytes = b""
