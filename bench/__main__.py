@@ -17,7 +17,9 @@ from bench import harness, report, suite
 from bench.harness import FULL, SMOKE
 from bench.ops import OPS
 
-SECTIONS = ("ops", "instructions", "growth", "dump", "memory", "writes", "frameworks")
+SECTIONS = (
+    "ops", "instructions", "growth", "dump", "memory", "writes", "frameworks", "checkpoints"
+)
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
@@ -104,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
 
             tables += memory.memory(srv.url, smoke=args.smoke)
             tables += memory.stream(srv.url, smoke=args.smoke)
+        if "checkpoints" in sections:
+            from bench import checkpoints
+
+            tables += checkpoints.checkpoints(srv.url, smoke=args.smoke, budget=budget)
         if "writes" in sections:
             from bench import writes
 

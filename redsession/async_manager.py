@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import redis.asyncio
 
 from redsession.config import Settings
-from redsession.core import events, history, sessions, stats, transfer
+from redsession.core import checkpoints, events, history, sessions, stats, transfer
 from redsession.maintenance import cleanup, repair, restore, rotation, snapshots
 from redsession.maintenance.cleanup import CleanupReport
 from redsession.maintenance.repair import RepairReport
@@ -36,6 +36,7 @@ from redsession.model.models import (
     UserPage,
     utcnow,
 )
+from redsession.storage.checkpoints import Row as CheckpointRow
 from redsession.storage.commands import Op
 from redsession.storage.connection import async_client
 from redsession.storage.drivers import AsyncDriver
@@ -278,6 +279,59 @@ class AsyncSessionManager(ManagerBase):
         self, session_id: str, *, user_id: str | None = None, op_id: str | None = None
     ) -> None:
         await self.run(history.clear_history(self.core, session_id, user_id, op_id))
+
+    # -- checkpoints (core/checkpoints.py: a framework's snapshots, in the side keys) ----
+
+    async def put_checkpoint(
+        self, session_id: str, ns: str, checkpoint_id: str, payload: bytes,
+        blobs: Sequence[tuple[str, str, bytes]] = (), *, create_for: str,
+        scope: Mapping[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        return await self.run(
+            checkpoints.put_checkpoint(
+                self.core, session_id, ns, checkpoint_id, payload, blobs, create_for, scope
+            )
+        )
+
+    async def put_checkpoint_writes(
+        self, session_id: str, ns: str, checkpoint_id: str,
+        writes: Sequence[tuple[str, bytes, bool]], *, create_for: str,
+        scope: Mapping[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        return await self.run(
+            checkpoints.put_writes(
+                self.core, session_id, ns, checkpoint_id, writes, create_for, scope
+            )
+        )
+
+    async def get_checkpoint(
+        self, session_id: str, ns: str, checkpoint_id: str | None = None
+    ) -> CheckpointRow | None:
+        return await self.run(checkpoints.get_checkpoint(self.core, session_id, ns, checkpoint_id))
+
+    async def list_checkpoints(
+        self, session_id: str, ns: str | None = None, *, before: str | None = None,
+        resume: bytes | None = None, count: int = 100,
+    ) -> tuple[list[CheckpointRow], bytes | None]:  # fmt: skip
+        return await self.run(
+            checkpoints.list_checkpoints(self.core, session_id, ns, before, resume, count)
+        )
+
+    async def get_checkpoint_blobs(
+        self, session_id: str, ns: str, names: Sequence[tuple[str, str]]
+    ) -> list[bytes | None]:
+        return await self.run(checkpoints.get_blobs(self.core, session_id, ns, names))
+
+    async def clear_checkpoints(self, session_id: str) -> bool:
+        return await self.run(checkpoints.clear_checkpoints(self.core, session_id))
+
+    async def copy_checkpoints(
+        self, source_id: str, target_id: str, *, create_for: str,
+        scope: Mapping[str, str] | None = None,
+    ) -> int:  # fmt: skip
+        return await self.run(
+            checkpoints.copy_checkpoints(self.core, source_id, target_id, create_for, scope)
+        )
 
     # -- whole sessions ------------------------------------------------------------------
 

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     max_topics: int = Field(default=256, gt=0)
     # Nesting depth of context, preferences and metadata; deep nesting is a parser attack.
     max_json_depth: int = Field(default=32, gt=0)
+    # One checkpoint value (a framework's checkpoint, a channel's blob, a pending write) at
+    # most: a blob holds a whole channel value, such as a long thread's message list.
+    max_checkpoint_bytes: int = Field(default=64 * MiB, gt=0)
     # Framework items per append_items / replace_history call: bounds one script's arguments.
     max_append_items: int = Field(default=10_000, gt=0)
     # App instances' clocks may disagree by this much: reads of the entries after a time

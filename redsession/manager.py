@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import redis
 
 from redsession.config import Settings
-from redsession.core import events, history, sessions, stats, transfer
+from redsession.core import checkpoints, events, history, sessions, stats, transfer
 from redsession.core.base import Core
 from redsession.errors import ConfigError
 from redsession.maintenance import cleanup, repair, restore, rotation, snapshots
@@ -36,6 +36,7 @@ from redsession.model.models import (
     UserPage,
     utcnow,
 )
+from redsession.storage.checkpoints import Row as CheckpointRow
 from redsession.storage.commands import Op
 from redsession.storage.connection import sync_client
 from redsession.storage.drivers import Replicas, Retrying, SyncDriver
@@ -342,6 +343,67 @@ class SessionManager(ManagerBase):
     ) -> None:
         """Remove every history entry; the session, its context and topics stay."""
         self.run(history.clear_history(self.core, session_id, user_id, op_id))
+
+    # -- checkpoints (core/checkpoints.py: a framework's snapshots, in the side keys) ----
+
+    def put_checkpoint(
+        self, session_id: str, ns: str, checkpoint_id: str, payload: bytes,
+        blobs: Sequence[tuple[str, str, bytes]] = (), *, create_for: str,
+        scope: Mapping[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        """Store a checkpoint of namespace ``ns`` and the (name, version, value) blobs it
+        brings, in one script; a missing session is created for ``create_for``."""
+        return self.run(
+            checkpoints.put_checkpoint(
+                self.core, session_id, ns, checkpoint_id, payload, blobs, create_for, scope
+            )
+        )
+
+    def put_checkpoint_writes(
+        self, session_id: str, ns: str, checkpoint_id: str,
+        writes: Sequence[tuple[str, bytes, bool]], *, create_for: str,
+        scope: Mapping[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        """Record (key, value, replace) pending writes against a checkpoint."""
+        return self.run(
+            checkpoints.put_writes(
+                self.core, session_id, ns, checkpoint_id, writes, create_for, scope
+            )
+        )
+
+    def get_checkpoint(
+        self, session_id: str, ns: str, checkpoint_id: str | None = None
+    ) -> CheckpointRow | None:
+        """A checkpoint with its writes (``checkpoint_id`` None: the newest of ``ns``)."""
+        return self.run(checkpoints.get_checkpoint(self.core, session_id, ns, checkpoint_id))
+
+    def list_checkpoints(
+        self, session_id: str, ns: str | None = None, *, before: str | None = None,
+        resume: bytes | None = None, count: int = 100,
+    ) -> tuple[list[CheckpointRow], bytes | None]:  # fmt: skip
+        """A page of checkpoints, newest first, of ``ns`` (None: every namespace), with ids
+        before ``before``; pass the returned bound as ``resume`` for the next page."""
+        return self.run(
+            checkpoints.list_checkpoints(self.core, session_id, ns, before, resume, count)
+        )
+
+    def get_checkpoint_blobs(
+        self, session_id: str, ns: str, names: Sequence[tuple[str, str]]
+    ) -> list[bytes | None]:
+        return self.run(checkpoints.get_blobs(self.core, session_id, ns, names))
+
+    def clear_checkpoints(self, session_id: str) -> bool:
+        """Remove the session's checkpoints, blobs and writes; False if it does not exist."""
+        return self.run(checkpoints.clear_checkpoints(self.core, session_id))
+
+    def copy_checkpoints(
+        self, source_id: str, target_id: str, *, create_for: str,
+        scope: Mapping[str, str] | None = None,
+    ) -> int:  # fmt: skip
+        """Copy one session's checkpoints into another; returns the fields copied."""
+        return self.run(
+            checkpoints.copy_checkpoints(self.core, source_id, target_id, create_for, scope)
+        )
 
     # -- whole sessions ------------------------------------------------------------------
 

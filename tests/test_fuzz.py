@@ -212,6 +212,40 @@ def _calls(sids: list[str]) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
         "delete_session": fb(
             {"session_id": sid}, optional={"user_id": opt_uid, "revision": maybe | weird_text}
         ),
+        # A session's checkpoints (core/checkpoints.py): names, payloads, lists of tuples.
+        "put_checkpoint": fb(
+            {"session_id": sid, "ns": weird_text | anything, "checkpoint_id": weird_text | anything,
+             "payload": st.binary(max_size=64) | anything, "create_for": uid},
+            optional={"blobs": st.lists(st.tuples(weird_text, weird_text, st.binary(max_size=8)
+                                                  | anything), max_size=3) | anything,
+                      "scope": st.none() | obj},
+        ),
+        "put_checkpoint_writes": fb(
+            {"session_id": sid, "ns": weird_text | anything, "checkpoint_id": weird_text | anything,
+             "writes": st.lists(st.tuples(weird_text, st.binary(max_size=8) | anything,
+                                          st.booleans() | anything), max_size=3) | anything,
+             "create_for": uid},
+            optional={"scope": st.none() | obj},
+        ),
+        "get_checkpoint": fb(
+            {"session_id": sid, "ns": weird_text | anything},
+            optional={"checkpoint_id": st.none() | weird_text | anything},
+        ),
+        "list_checkpoints": fb(
+            {"session_id": sid},
+            optional={"ns": st.none() | weird_text | anything,
+                      "before": st.none() | weird_text | anything,
+                      "resume": st.none() | st.binary(max_size=20) | anything, "count": count},
+        ),
+        "get_checkpoint_blobs": fb(
+            {"session_id": sid, "ns": weird_text | anything,
+             "names": st.lists(st.tuples(weird_text, weird_text), max_size=3) | anything},
+        ),
+        "clear_checkpoints": fb({"session_id": sid}),
+        "copy_checkpoints": fb(
+            {"source_id": sid, "target_id": sid, "create_for": uid},
+            optional={"scope": st.none() | obj},
+        ),
         "cleanup_expired_sessions": fb({}, optional={"dry_run": st.booleans()}),
         "cleanup": fb({}, optional={"dry_run": st.booleans()}),
         "stats": fb({}),

@@ -383,7 +383,7 @@ async def test_conversations_are_encrypted_at_rest(redis_url: str) -> None:
         await turn(store, "secret", "my password is hunter2")
         assert prompts(await store.load("secret")) == ["my password is hunter2"]  # type: ignore[arg-type]
         sid = session_key("secret")
-        hash_key, log, _, ops = Keys().session_keys(sid)
+        hash_key, log, _, ops, *_side = Keys().session_keys(sid)
         with redis.Redis.from_url(redis_url) as r:
             stored = repr(r.hgetall(hash_key)).encode() + b"".join(r.lrange(log, 0, -1))
             assert b"secret" in stored  # the scope's conversation id is in the clear

@@ -16,6 +16,8 @@ from redsession.model.codec import (
     encode_entry,
     export_from_hash,
     hash_fields,
+    side_data,
+    side_values,
     state_fields,
 )
 from redsession.model.contexts import overlay
@@ -26,17 +28,20 @@ from redsession.model.models import (
     SessionExport,
     SessionExportV1,
     SessionRecord,
+    SideData,
     to_us,
 )
 from redsession.storage.commands import Op
-from redsession.storage.store import Stamp
+from redsession.storage.store import Side, Stamp
 
 
 def rewrite(
     core: Core, rec: SessionRecord, history: Sequence[Interaction | Item], t: Stamp, *,
-    mode: str, kind: str, expect: tuple[int, int] | None = None,
+    mode: str, kind: str, expect: tuple[int, int] | None = None, side: SideData | None = None,
+    side_rev: str = "",
 ) -> Op[bool]:  # fmt: skip
-    """Replace a whole session (hash and history) in one script, under ``core``'s cipher.
+    """Replace a whole session (hash, history and side data) in one script, under
+    ``core``'s cipher.
 
     ``mode`` 'new' refuses an existing session or tombstone, 'replace' overwrites, 'cas'
     replaces only while the live (version, total) is ``expect``; False on a CAS conflict.
@@ -45,11 +50,16 @@ def rewrite(
     """
     records = _records(core, history)
     fields = hash_fields(rec, t.expires, core.cipher)
+    stored = None
+    if side is not None:
+        values = side_values(side, core.settings.max_checkpoint_bytes)
+        stored = Side({k: core.cipher.seal(v) for k, v in values.items()}, list(side.members))
     return (
         yield from core.store.write(
-            rec.session_id, rec.user_id, fields, records, t, mode=mode, kind=kind, expect=expect
+            rec.session_id, rec.user_id, fields, records, t, mode=mode, kind=kind,
+            expect=expect, side=stored, side_rev=side_rev,
         )
-    )
+    )  # fmt: skip
 
 
 def _records(core: Core, history: Sequence[Interaction | Item]) -> list[bytes]:
@@ -67,8 +77,10 @@ def export(
 
 
 def _export(core: Core, sid: str, owner: str | None) -> Op[SessionExport]:
-    h, raw = yield from core.store.fetch(sid, owner, core.stamp(), touch=False, history=-1)
-    return export_from_hash(sid, h, raw, core.cipher)
+    h, raw, side = yield from core.store.fetch_all(sid, owner, core.stamp(), side=True)
+    doc = export_from_hash(sid, h, raw, core.cipher)
+    data = None if side is None else side_data(side.fields, side.members, core.cipher)
+    return doc if data is None else doc.model_copy(update={"side": data})
 
 
 def _version(doc: object) -> str | None:
@@ -133,6 +145,8 @@ def parse_export(core: Core, doc: object) -> SessionExport:
         ids.add(entry.id)
     if len(ids) != len(parsed.history):
         raise InvalidInput("the document repeats a history entry id")
+    if parsed.side is not None:  # base64 and sizes (sealing it again checks nothing more)
+        side_values(parsed.side, s.max_checkpoint_bytes)
     return parsed
 
 
@@ -150,7 +164,7 @@ def import_session_data(
         raise InvalidInput(f"session {rec.session_id!r} expired at {parsed.expires_at}")
     mode = "cas" if expect else "replace" if overwrite else "new"
     written = yield from rewrite(
-        core, rec, parsed.history, t, mode=mode, kind=kind, expect=expect
+        core, rec, parsed.history, t, mode=mode, kind=kind, expect=expect, side=parsed.side
     )
     if not written:
         raise ConcurrentModification(f"session {rec.session_id!r} changed; not replaced")

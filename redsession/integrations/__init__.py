@@ -6,6 +6,8 @@
   (``pip install redsession[adk]``);
 - ``redsession.integrations.pydantic_ai``: pydantic-ai's ``ConversationStore``
   (``pip install redsession[pydantic-ai]``).
+- ``redsession.integrations.langgraph``: LangGraph's ``BaseCheckpointSaver``
+  (``pip install redsession[langgraph]``).
 
 Each is thin: it translates the framework's calls into AsyncSessionManager operations and
 the manager's errors into the framework's; no Redis command or key name appears in them.

@@ -13,7 +13,7 @@ from redsession.core import sessions, transfer
 from redsession.core.base import Core
 from redsession.errors import ConcurrentModification, ConfigError, SessionNotFound
 from redsession.maintenance.snapshots import Progress
-from redsession.model.codec import expires_from_hash, record_from_hash, sealed_body
+from redsession.model.codec import expires_from_hash, record_from_hash, sealed_body, side_data
 from redsession.model.models import to_us
 from redsession.storage.commands import Op
 
@@ -53,19 +53,28 @@ def rotate_session(core: Core, sid: str) -> Op[bool]:
     for _ in range(core.settings.max_update_retries):
         t = core.stamp()
         try:
-            h, raw = yield from core.store.fetch(sid, None, t, touch=False, history=-1)
+            h, raw, side = yield from core.store.fetch_all(sid, None, t, side=True)
         except SessionNotFound:
             return False
-        if cipher.is_current(h["context"]) and all(cipher.is_current(sealed_body(r)) for r in raw):
+        values = side.fields.values() if side else ()
+        if (
+            cipher.is_current(h["context"])
+            and all(cipher.is_current(sealed_body(r)) for r in raw)
+            and all(cipher.is_current(v) for v in values)
+        ):
             return False
         rec = record_from_hash(sid, h, cipher)
         t = core.stamp(
             activity=to_us(rec.last_activity), expires=expires_from_hash(sid, h), op=core.op(None)
         )
         expect = (rec.version, rec.total_interactions)
+        data = side_data(side.fields, side.members, cipher) if side else None
+        # A checkpoint written meanwhile moves side_rev, not (version, total): check both.
+        side_rev = h.get("side_rev", b"0").decode()
         rewritten = yield from transfer.rewrite(
-            core, rec, core.decode(raw), t, mode="cas", kind="rotate", expect=expect
-        )
+            core, rec, core.decode(raw), t, mode="cas", kind="rotate", expect=expect, side=data,
+            side_rev=side_rev,
+        )  # fmt: skip
         if rewritten:
             return True
     raise ConcurrentModification(f"session {sid!r} kept changing during key rotation")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -10,7 +12,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from redsession.errors import CorruptData
+from redsession.errors import CorruptData, InvalidInput
 from redsession.model.crypto import Cipher
 from redsession.model.models import (
     Entry,
@@ -20,6 +22,7 @@ from redsession.model.models import (
     SessionExport,
     SessionRecord,
     SessionSummary,
+    SideData,
     from_us,
     to_us,
 )
@@ -318,3 +321,35 @@ def hash_fields(rec: SessionRecord, expires_at_us: int, cipher: Cipher) -> list[
         "version", str(rec.version),
         "merged_from", orjson.dumps(rec.merged_from),
     ]  # fmt: skip
+
+
+# -- side data (a framework's checkpoints): stored sealed, exported open in base64 ------------
+
+
+def side_data(
+    fields: Mapping[str, bytes], members: Sequence[bytes | str], cipher: Cipher
+) -> SideData | None:
+    """The export form of a session's side data; None when it has none."""
+    if not fields and not members:
+        return None
+    return SideData(
+        fields={
+            k: base64.b64encode(cipher.open(v, "side data")).decode() for k, v in fields.items()
+        },
+        members=[m.decode() if isinstance(m, bytes) else m for m in members],
+    )
+
+
+def side_values(side: SideData, max_bytes: int) -> dict[str, bytes]:
+    """The side hash of an export's side data (open); InvalidInput for a value that is not
+    base64 or is larger than ``max_bytes``."""
+    out = {}
+    for k, v in side.fields.items():
+        try:
+            data = base64.b64decode(v, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise InvalidInput(f"side data field {k!r} is not base64: {e}") from e
+        if len(data) > max_bytes:
+            raise InvalidInput(f"side data field {k!r} is {len(data)} bytes; limit {max_bytes}")
+        out[k] = data
+    return out

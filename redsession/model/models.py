@@ -157,6 +157,16 @@ class SessionRecord(_Model):
     revision: str | None = None
 
 
+class SideData(_Model):
+    """A session's side data (a framework's checkpoints: storage/checkpoints.py) as an
+    export carries it: the side hash's fields, each value in base64 (open: an export holds
+    what encryption sealed in the clear, as it does the history), and the members of the
+    side index, which order them."""
+
+    fields: dict[str, str] = Field(default_factory=dict)
+    members: list[str] = Field(default_factory=list)
+
+
 class SessionExport(_Model):
     """The versioned export document; also the format of every dump file.
 
@@ -169,6 +179,8 @@ class SessionExport(_Model):
     session: SessionRecord
     history: list[Entry]
     expires_at: AwareDatetime
+    # Optional in version 2: documents written before side data, and sessions with none.
+    side: SideData | None = None
 
     @property
     def interactions(self) -> list[Interaction]:

@@ -18,6 +18,10 @@ _PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 SESSION_HEAD, SESSION_TAIL = ":s:{", "}"
 LOG_SUFFIX, TOMB_SUFFIX = ":log", ":tomb"  # after the session key: one slot
 OPS_SUFFIX = ":ops"  # after a session key or a user's prefs key: the operations it applied
+# A session's side keys: data kept beside its history (a framework's checkpoints), in its
+# slot, on its TTL, deleted, exported and restored with it. A HASH of payloads by field and
+# a ZSET (all scores 0) of members that order them for range reads (ZRANGE BYLEX).
+SIDE_SUFFIX, SIDE_INDEX_SUFFIX = ":side", ":side:ix"
 USER_HEAD, USER_SESSIONS_TAIL, USER_PREFS_TAIL = ":u:{", "}:sessions", "}:prefs"
 GLOBAL_SUFFIXES = {
     "sessions": ":sessions",
@@ -97,8 +101,14 @@ class Keys:
     def ops(self, sid: str) -> str:
         return self.ops_family.key(sid)
 
-    def session_keys(self, sid: str) -> tuple[str, str, str, str]:
-        return self.session(sid), self.log(sid), self.tomb(sid), self.ops(sid)
+    def side(self, sid: str) -> tuple[str, str]:
+        """The session's side keys: its side HASH and the ZSET that indexes it."""
+        head = self.session(sid)
+        return head + SIDE_SUFFIX, head + SIDE_INDEX_SUFFIX
+
+    def session_keys(self, sid: str) -> tuple[str, ...]:
+        """Every key a session owns (one slot, one TTL)."""
+        return self.session(sid), self.log(sid), self.tomb(sid), self.ops(sid), *self.side(sid)
 
     def user_sessions(self, uid: str) -> str:
         return self.user_sessions_family.key(uid)

@@ -28,6 +28,8 @@ from redsession.storage.keys import (
     OPS_SUFFIX,
     SESSION_HEAD,
     SESSION_TAIL,
+    SIDE_INDEX_SUFFIX,
+    SIDE_SUFFIX,
     TOMB_SUFFIX,
 )
 
@@ -35,7 +37,8 @@ OPS_KEEP = 256  # operations a session remembers at most (within Settings.op_win
 
 PRELUDE = f"""
 -- KEYS[1] the session hash; its log and tombstone are that name + '{LOG_SUFFIX}' and
---   '{TOMB_SUFFIX}' (one slot). The indexes are named from ARGV[1]: see indexes.py.
+--   '{TOMB_SUFFIX}', its side keys (keys.py) + '{SIDE_SUFFIX}' and '{SIDE_INDEX_SUFFIX}'
+--   (one slot). The indexes are named from ARGV[1]: see indexes.py.
 -- ARGV[1] the key prefix, or '' to leave the indexes alone (a cluster: the caller updates
 --   them in a second step), ARGV[2] now (µs: times of records, the dirty stamp),
 -- ARGV[3] the activity time (µs; '' = now), ARGV[4] the new expiry (µs),
@@ -49,6 +52,7 @@ local EVENTS = tonumber(table.remove(ARGV))
 local HASH = KEYS[1]
 local LOG, TOMB = HASH .. '{LOG_SUFFIX}', HASH .. '{TOMB_SUFFIX}'
 local OPS = HASH .. '{OPS_SUFFIX}'
+local SIDE, SIDEIX = HASH .. '{SIDE_SUFFIX}', HASH .. '{SIDE_INDEX_SUFFIX}'
 local P, NOW, ACTIVE, EXP_US = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local PREFS_MS, OWNER = ARGV[5], ARGV[6]
 if ACTIVE == '' then ACTIVE = NOW end
@@ -89,6 +93,28 @@ local function expire()
   redis.call('PEXPIREAT', HASH, EXP_MS)
   redis.call('PEXPIREAT', LOG, EXP_MS)
   redis.call('PEXPIREAT', OPS, EXP_MS)
+  redis.call('PEXPIREAT', SIDE, EXP_MS)
+  redis.call('PEXPIREAT', SIDEIX, EXP_MS)
+end
+
+-- The side data, for an export: {HGETALL of the side hash, every index member}.
+local function side_data()
+  return {redis.call('HGETALL', SIDE), redis.call('ZRANGE', SIDEIX, 0, -1)}
+end
+
+-- Writes side data: field/value pairs ARGV[from..from+2n-1], then index members up to ``to``.
+local function set_side(from, n, to)
+  for i = from, from + 2 * n - 1, 1000 do
+    redis.call('HSET', SIDE, unpack(ARGV, i, math.min(i + 999, from + 2 * n - 1)))
+  end
+  for i = from + 2 * n, to, 500 do
+    local zargs = {}
+    for j = i, math.min(i + 499, to) do
+      zargs[#zargs + 1] = 0
+      zargs[#zargs + 1] = ARGV[j]
+    end
+    redis.call('ZADD', SIDEIX, unpack(zargs))
+  end
 end
 
 -- A record is a JSON object that starts {"timestamp":"<27 bytes>","id":"<id>","kind":"...
@@ -191,6 +217,41 @@ end
 PRELUDE += lua_functions()  # index(uid, created), unindex(uid): the rule of indexes.py
 
 
+def _new_hash(uid: str, context: str, created: str) -> str:
+    """Lua that writes a new session's hash, from Lua expressions."""
+    return f"""redis.call('HSET', HASH, 'user_id', {uid}, 'created_at', {created},
+  'last_activity', ACTIVE, 'expires_at', EXP_US, 'total_interactions', 0,
+  'context', {context}, 'topics', '[]', 'version', 0, 'merged_from', '[]')"""
+
+
+PRELUDE += f"""
+-- For a write to a session that owner() found missing (its reply ``err``): when ``create``
+-- names a user, a new empty session of theirs with the scope ARGV[scope_at], never over a
+-- tombstone, but for this user's own 'deleted' one with ``reuse_deleted`` (an id reused on
+-- purpose). (owner, true), or (nil, the reply that says why there is none).
+local function create_missing(create, scope_at, reuse_deleted, err)
+  if create == '' or redis.call('EXISTS', HASH) == 1 then return nil, err end
+  if OWNER ~= '' and OWNER ~= create then return nil, err end
+  local tomb = redis.call('GET', TOMB)
+  if tomb then
+    if not reuse_deleted or tomb ~= 'deleted ' .. create then return nil, err end
+    redis.call('DEL', TOMB)
+  end
+  {_new_hash("create", "'{}'", "NOW")}
+  fields(scope_at, 1, 0)
+  return create, true
+end
+
+-- The owner of the live session for a write, or a new one for ``create`` (create_missing):
+-- (owner, created), or (nil, the reply that says why there is none).
+local function owner_or_create(create, scope_at)
+  local uid, err = owner(true)
+  if uid then return uid, false end
+  return create_missing(create, scope_at, false, err)
+end
+"""
+
+
 def _session(name: str, body: str) -> Script:
     """A script that reads a session."""
     return Script(name, PRELUDE + body)
@@ -200,13 +261,6 @@ def _write(name: str, body: str) -> Script:
     """A script that changes a session: once per operation id (PRELUDE's once)."""
     source = f"{PRELUDE}local function apply()\n{body}\nend\nreturn once(apply)\n"
     return Script(name, source, writes=True)
-
-
-def _new_hash(uid: str, context: str, created: str) -> str:
-    """Lua that writes a new session's hash, from Lua expressions."""
-    return f"""redis.call('HSET', HASH, 'user_id', {uid}, 'created_at', {created},
-  'last_activity', ACTIVE, 'expires_at', EXP_US, 'total_interactions', 0,
-  'context', {context}, 'topics', '[]', 'version', 0, 'merged_from', '[]')"""
 
 
 # ARGV[7] user id, ARGV[8] context JSON, ARGV[9] created_at (µs), ARGV[10] scope (JSON,
@@ -233,8 +287,9 @@ return {{'ok', ARGV[9]}}
 
 # ARGV[7] '1' to count as activity (resume), '2' the same with a 'resume' event, '3' to
 # slide the expiry only (the activity time, which orders the listings, stays), or '0' (a
-# plain read), ARGV[8] how many of the newest records to return (-1: all of them).
-# Reply: {'ok', HGETALL as a flat list, newest records oldest first}.
+# plain read), ARGV[8] how many of the newest records to return (-1: all of them), ARGV[9]
+# '1' to return the side data too (an export). Reply: {'ok', HGETALL as a flat list, newest
+# records oldest first[, side_data()]}.
 FETCH = _session(
     "fetch",
     """
@@ -250,6 +305,7 @@ local n = tonumber(ARGV[8])
 local history = {}
 if n < 0 then history = redis.call('LRANGE', LOG, 0, -1)
 elseif n > 0 then history = redis.call('LRANGE', LOG, -n, -1) end
+if ARGV[9] == '1' then return {'ok', redis.call('HGETALL', HASH), history, side_data()} end
 return {'ok', redis.call('HGETALL', HASH), history}
 """,
 )
@@ -347,33 +403,24 @@ end
 # time}, {'limit', topic count} or {'conflict'} when the revision is not the one expected.
 APPEND = _write(
     "append",
-    f"""
+    """
 local k = tonumber(ARGV[8])
-local create = ARGV[9 + k]
 local m = tonumber(ARGV[11 + k])
 local want, rev = ARGV[12 + k + m], ARGV[13 + k + m]
 local uid, err = owner(true)
-local created = false
 if want ~= '' then
   if uid and (want == 'new' or redis.call('HGET', HASH, 'revision') ~= string.sub(want, 2)) then
-    return {{'conflict'}}
+    return {'conflict'}
   end
-  if not uid and want ~= 'new' then return {{'conflict'}} end
+  if not uid and want ~= 'new' then return {'conflict'} end
 end
+local created = false
 if not uid then
-  if create == '' or redis.call('EXISTS', HASH) == 1 then return err end
-  local tomb = redis.call('GET', TOMB)
-  if tomb then
-    if want ~= 'new' or tomb ~= 'deleted ' .. create then return err end
-    redis.call('DEL', TOMB)
-  end
-  if OWNER ~= '' and OWNER ~= create then return err end
-  uid, created = create, true
-  {_new_hash("uid", "'{}'", "NOW")}
-  fields(10 + k, 1, 0)
+  uid, created = create_missing(ARGV[9 + k], 10 + k, want == 'new', err)
+  if not uid then return created end
 end
 local ok, count = add_topics(14 + k + m, tonumber(ARGV[7]))
-if not ok then return {{'limit', count}} end
+if not ok then return {'limit', count} end
 if m > 0 then redis.call('HSET', HASH, unpack(ARGV, 12 + k, 11 + k + m)) end
 if rev ~= '' then redis.call('HSET', HASH, 'revision', rev) end
 local n = push(9, 8 + k)
@@ -381,7 +428,7 @@ touch(uid, n)
 index(uid, created)
 if created then event('create', uid) end
 event('log', uid)
-return {{'ok', uid, n, created and 1 or 0, k > 0 and rtime(ARGV[9]) or ''}}
+return {'ok', uid, n, created and 1 or 0, k > 0 and rtime(ARGV[9]) or ''}
 """,
 )
 
@@ -469,7 +516,7 @@ if ARGV[7] ~= '' then
     return {'conflict'}
   end
 end
-redis.call('DEL', HASH, LOG)
+redis.call('DEL', HASH, LOG, SIDE, SIDEIX)
 redis.call('SET', TOMB, tomb, 'PX', ARGV[8])
 redis.call('PEXPIRE', OPS, ARGV[8])  -- a repeated delete gets its first reply meanwhile
 unindex(uid)
@@ -588,7 +635,11 @@ return {'ok', n}
 # ARGV[7] mode: 'new' (refuse if it or its tombstone exists), 'replace', or 'cas'
 # (only if version and total still equal ARGV[9] and ARGV[10]); ARGV[8] the event's kind
 # ('import', 'restore', 'rotate'); ARGV[11] k, the number of hash field/value arguments
-# that follow; then the history records, oldest first. Reply: {'ok', previous owner or ''}.
+# that follow, ARGV[12] s, the number of side field/value pairs after them, ARGV[13] x, the
+# number of side index members after those, ARGV[14] with 'cas': the side data's revision
+# (the hash's side_rev, '0' when absent) it must still have ('' = not checked); then the hash
+# fields, the side data and the history records, oldest first. Reply: {'ok', previous owner
+# or ''}.
 WRITE = _write(
     "write",
     """
@@ -599,17 +650,21 @@ elseif mode == 'cas' then
   local uid, err = owner(true)
   if not uid then return err end
   if changed(ARGV[9], ARGV[10]) then return {'conflict'} end
+  if ARGV[14] ~= '' and (redis.call('HGET', HASH, 'side_rev') or '0') ~= ARGV[14] then
+    return {'conflict'}
+  end
 end
-local k = tonumber(ARGV[11])
+local k, s, x = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
 local uid
-for i = 12, 11 + k, 2 do
+for i = 15, 14 + k, 2 do
   if ARGV[i] == 'user_id' then uid = ARGV[i + 1] end
 end
 local old = redis.call('HGET', HASH, 'user_id')
 if old and old ~= uid then unindex(old) end
-redis.call('DEL', HASH, LOG, TOMB)
-redis.call('HSET', HASH, unpack(ARGV, 12, 11 + k))
-push(12 + k, #ARGV)
+redis.call('DEL', HASH, LOG, TOMB, SIDE, SIDEIX)
+redis.call('HSET', HASH, unpack(ARGV, 15, 14 + k))
+set_side(15 + k, s, 14 + k + 2 * s + x)
+push(15 + k + 2 * s + x, #ARGV)
 expire()
 index(uid, true)
 event(ARGV[8], uid)
@@ -657,3 +712,7 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return written
 """,
 )
+
+
+# For the scripts of other storage modules (checkpoints.py): on the same prelude.
+session_script, write_script = _session, _write

@@ -62,6 +62,14 @@ class Revision(NamedTuple):
         return ("new" if self.expected is None else "=" + self.expected), self.new
 
 
+class Side(NamedTuple):
+    """A session's side data as stored: the side hash (field names as text, values as
+    stored) and the members of its index, which order its fields for range reads."""
+
+    fields: dict[str, bytes]
+    members: list[Reply]
+
+
 class Store:
     """The Redis operations of the session store, as generators of commands."""
 
@@ -133,8 +141,22 @@ class Store:
         """The session hash (field names as text, values as stored) and its newest
         ``history`` records (-1: all of them). ``touch`` counts the read as activity;
         ``slide`` only slides the expiry (the listings' order stays)."""
+        h, hist, _ = yield from self.fetch_all(
+            sid, owner, t, touch=touch, history=history, slide=slide
+        )
+        return h, hist
+
+    def fetch_all(
+        self, sid: str, owner: str | None, t: Stamp, *, touch: bool = False, history: int = -1,
+        side: bool = False, slide: bool = False,
+    ) -> Op[tuple[dict[str, bytes], list[Reply], Side | None]]:  # fmt: skip
+        """``fetch``, and with ``side`` the side data too (see Side), in the same step."""
         mode = ("2" if self._resume_events else "1") if touch else "3" if slide else "0"
-        _, flat, hist = yield from self._run(scripts.FETCH, sid, owner, t, mode, history)
+        reply = yield from self._run(
+            scripts.FETCH, sid, owner, t, mode, history, "1" if side else "0"
+        )
+        flat, hist = reply[1], reply[2]
+        data = Side(raw_hash(reply[3][0]), list(reply[3][1])) if side else None
         h = raw_hash(flat)
         if touch:
             yield from self._index(sid, text(h["user_id"]), t)
@@ -143,7 +165,7 @@ class Store:
         elif slide:
             kept = Stamp(int(h["last_activity"]), t.expires, t.now)
             yield from self._index(sid, text(h["user_id"]), kept)
-        return h, hist
+        return h, hist, data
 
     def history(
         self, sid: str, owner: str | None, t: Stamp, limit: int | None, before: int | None,
@@ -296,13 +318,18 @@ class Store:
     def write(
         self, sid: str, uid: str, fields: list[str | bytes], records: Sequence[bytes],
         t: Stamp, *, mode: str, kind: str, expect: tuple[int, int] | None = None,
+        side: Side | None = None, side_rev: str = "",
     ) -> Op[bool]:  # fmt: skip
-        """Replace a whole session (mode 'new', 'replace' or 'cas'); False on a CAS conflict.
-        ``kind``: its event ('import', 'restore' or 'rotate')."""
+        """Replace a whole session (mode 'new', 'replace' or 'cas'), side data included (none
+        when ``side`` is None); False on a CAS conflict. ``kind``: its event ('import',
+        'restore' or 'rotate'). ``side_rev``: with 'cas', the side data's revision (the
+        hash's ``side_rev``, '0' when absent) that must hold too ('' = not checked)."""
         version, total = expect if expect else ("", "")
+        pairs = [a for kv in side.fields.items() for a in kv] if side else []
+        members = side.members if side else []
         reply = yield from self._run(
-            scripts.WRITE, sid, None, t, mode, kind, version, total, len(fields), *fields,
-            *records,
+            scripts.WRITE, sid, None, t, mode, kind, version, total, len(fields),
+            len(pairs) // 2, len(members), side_rev, *fields, *pairs, *members, *records,
         )  # fmt: skip
         if reply[0] == "conflict":
             return False
