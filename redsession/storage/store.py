@@ -50,6 +50,14 @@ class Stamp(NamedTuple):
     op: str = ""
 
 
+class StreamInfo(NamedTuple):
+    """The event stream's first and last ids, and whether it ever dropped old events."""
+
+    first: str | None
+    last: str
+    trimmed: bool
+
+
 class Store:
     """The Redis operations of the session store, as generators of commands."""
 
@@ -313,6 +321,34 @@ class Store:
             args += [f"{op}:{kind}" if op else "", len(fields), *fields]
         yield Eval(scripts.EVENT, (self.keys.events, self.keys.event_ops), tuple(args))
 
+    def stream_info(self) -> Op[StreamInfo | None]:
+        """Where the event stream stands (None: no event was ever written)."""
+        (n,) = yield Batch((("XLEN", self.keys.events),))
+        if not n:
+            return None
+        (info,) = yield Batch((("XINFO", "STREAM", self.keys.events),))
+        fields = {text(k): v for k, v in info.items()}
+        first = fields["first-entry"]
+        return StreamInfo(
+            first=text(first[0]) if first else None,
+            last=text(fields["last-generated-id"]),
+            trimmed=int(fields["entries-added"]) > int(fields["length"]),
+        )
+
+    def events_after(
+        self, after: str, upto: str, count: int
+    ) -> Op[list[tuple[str, dict[str, str]]]]:
+        """Up to ``count`` events with ids above ``after`` and up to ``upto``, oldest first:
+        (id, fields)."""
+        (rows,) = yield Batch((("XRANGE", self.keys.events, f"({after}", upto, "COUNT", count),))
+        out = []
+        for eid, fields in rows:
+            if not isinstance(fields, dict):  # a flat [field, value, ...] list
+                it = iter(fields)
+                fields = dict(zip(it, it))
+            out.append((text(eid), {text(k): text(v) for k, v in fields.items()}))
+        return out
+
     # -- indexes and listings ----------------------------------------------------------
 
     def index_page(self, key: str, after: int | None, count: int) -> Op[list[tuple[str, int]]]:
@@ -380,6 +416,7 @@ class Store:
         yield self._eval(
             scripts.PREFS, "", None, at, len(pairs), *pairs, *remove, key=self.keys.user_prefs(uid)
         )
+        yield from self._event("prefs", "", uid, t)
 
     def get_prefs(self, uid: str, touch: bool = False) -> Op[dict[str, str]]:
         """The user's preferences; ``touch`` counts the read as activity (their TTL slides)."""
