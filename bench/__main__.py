@@ -17,7 +17,7 @@ from bench import harness, report, suite
 from bench.harness import FULL, SMOKE
 from bench.ops import OPS
 
-SECTIONS = ("ops", "instructions", "growth", "dump", "memory", "frameworks")
+SECTIONS = ("ops", "instructions", "growth", "dump", "mirror", "memory", "frameworks")
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
@@ -99,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench import growth
 
             tables += growth.dump_cleanup(srv.url, smoke=args.smoke)
+        if "mirror" in sections:
+            from bench import mirror
+
+            tables += mirror.mirror_cost(srv.url, smoke=args.smoke)
         if "memory" in sections:
             from bench import memory
 

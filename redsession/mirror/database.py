@@ -60,6 +60,7 @@ class Database:
             path = sa.engine.make_url(url).database
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -170,6 +171,17 @@ def _read(
     rows = [tuple(r) for r in result]
     conn.rollback()
     return columns, rows
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL: readers (`redsession sql`) never block the mirror, nor it them. synchronous
+    # NORMAL: a kill -9 loses nothing committed; a power cut may lose the last commits,
+    # the cursor with them, so the next run simply mirrors those sessions again.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
 
 
 def _first(e: Exception) -> str:

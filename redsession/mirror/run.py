@@ -22,11 +22,11 @@ from redsession.errors import ConfigError, CorruptData, InvalidInput, SessionNot
 from redsession.maintenance.snapshots import Progress
 from redsession.mirror.rows import Rows
 from redsession.storage.commands import Op
-from redsession.storage.store import StreamInfo
 
 log = logging.getLogger(__name__)
 
 BATCH = 500  # events per read
+EMPTY = "0-0"  # the cursor of a copy made while the stream held no event
 GONE_KINDS = ("delete", "merge")  # the events after which a missing session is not expired
 
 
@@ -60,19 +60,19 @@ def mirror_sessions(
             "REDSESSION_EVENTS_MAXLEN above 0 (or REDSESSION_SQL_MIRROR=false)"
         )
     tally = _Tally()
-    info = yield from core.store.stream_info()
+    end = yield from core.store.stream_end()
     cursor = rows.cursor()
-    full = cursor is None or _dropped(info, cursor)
+    full = cursor is None or (yield from _lost(core, end, cursor))
     if cursor is None or full:
         if cursor is not None:
-            log.warning("the event stream dropped events the SQL mirror had not read: "
-                        "copying every session")  # fmt: skip
-        cursor = info.last if info else "0-0"
+            log.warning("the event stream lacks events the SQL mirror had not read (trimmed, "
+                        "or another Redis): copying every session")  # fmt: skip
+        cursor = end or EMPTY
         yield from _full_copy(core, rows, tally, progress)
         rows.set_cursor(cursor)
     events = 0
-    while info is not None:
-        page = yield from core.store.events_after(cursor, info.last, batch)
+    while end is not None:
+        page = yield from core.store.events_after(cursor, end, batch)
         if not page:
             break
         events += len(page)
@@ -103,16 +103,14 @@ def mirror_sessions(
     )  # fmt: skip
 
 
-def _dropped(info: StreamInfo | None, cursor: str) -> bool:
-    """Whether events after ``cursor`` may have been trimmed away before this run read them."""
-    if info is None or not info.trimmed or info.first is None:
+def _lost(core: Core, end: str | None, cursor: str) -> Op[bool]:
+    """Whether events after ``cursor`` may be missing: the stream no longer holds the cursor's
+    own event (it was trimmed away, or this is another Redis's stream)."""
+    if cursor == EMPTY:  # copied while the stream was empty: every event came after
         return False
-    return _id(info.first) > _id(cursor)
-
-
-def _id(event_id: str) -> tuple[int, int]:
-    ms, _, seq = event_id.partition("-")
-    return int(ms), int(seq or 0)
+    if end is None:  # no stream: an emptied Redis, or another one
+        return True
+    return not (yield from core.store.has_event(cursor))
 
 
 def _mirror_one(core: Core, rows: Rows, tally: _Tally, sid: str, kind: str) -> Op[None]:

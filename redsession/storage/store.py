@@ -50,14 +50,6 @@ class Stamp(NamedTuple):
     op: str = ""
 
 
-class StreamInfo(NamedTuple):
-    """The event stream's first and last ids, and whether it ever dropped old events."""
-
-    first: str | None
-    last: str
-    trimmed: bool
-
-
 class Store:
     """The Redis operations of the session store, as generators of commands."""
 
@@ -321,19 +313,17 @@ class Store:
             args += [f"{op}:{kind}" if op else "", len(fields), *fields]
         yield Eval(scripts.EVENT, (self.keys.events, self.keys.event_ops), tuple(args))
 
-    def stream_info(self) -> Op[StreamInfo | None]:
-        """Where the event stream stands (None: no event was ever written)."""
+    def stream_end(self) -> Op[str | None]:
+        """The id of the newest event ever written to the stream (None: none yet)."""
         (n,) = yield Batch((("XLEN", self.keys.events),))
         if not n:
             return None
         (info,) = yield Batch((("XINFO", "STREAM", self.keys.events),))
-        fields = {text(k): v for k, v in info.items()}
-        first = fields["first-entry"]
-        return StreamInfo(
-            first=text(first[0]) if first else None,
-            last=text(fields["last-generated-id"]),
-            trimmed=int(fields["entries-added"]) > int(fields["length"]),
-        )
+        return text({text(k): v for k, v in info.items()}["last-generated-id"])
+
+    def has_event(self, event_id: str) -> Op[bool]:
+        (rows,) = yield Batch((("XRANGE", self.keys.events, event_id, event_id),))
+        return bool(rows)
 
     def events_after(
         self, after: str, upto: str, count: int
