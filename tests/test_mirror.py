@@ -518,3 +518,15 @@ def test_a_cursor_from_another_stream_gives_a_full_copy(
     assert report.full_copy
     assert {r["session_id"] for r in table(database, "sessions")} == {new}
     assert old != new
+
+
+def test_bad_urls_are_configuration_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="REDSESSION_SQL_URL"):
+        Database("not a url")
+    with pytest.raises(ConfigError, match="REDSESSION_SQL_URL"):
+        Database("nosuchdb://host/db")
+    pg = Database("postgresql://user:secret@127.0.0.1:1/db")  # psycopg, not psycopg2
+    assert pg.engine.url.drivername == "postgresql+psycopg"
+    with pytest.raises(SqlError, match="unavailable"):
+        pg.open()
+    pg.close()

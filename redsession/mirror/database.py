@@ -52,8 +52,13 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         try:
-            self.dialect = sa.engine.make_url(url).get_backend_name()
-            self.engine: Engine = sa.create_engine(url, pool_pre_ping=True)
+            parsed = sa.engine.make_url(url)
+            if parsed.drivername in ("postgresql", "postgres"):
+                # psycopg (3) is what redsession[postgresql] installs; SQLAlchemy's default
+                # for a bare postgresql:// is psycopg2.
+                parsed = parsed.set(drivername="postgresql+psycopg")
+            self.dialect = parsed.get_backend_name()
+            self.engine: Engine = sa.create_engine(parsed, pool_pre_ping=True)
         except (sa.exc.ArgumentError, ImportError, ValueError) as e:
             raise ConfigError(f"REDSESSION_SQL_URL {_redacted(url)!r}: {e}") from e
         if self.dialect == "sqlite":

@@ -190,13 +190,20 @@ class Rows:
         }
 
 
+# Built once: a statement's expression costs more to build than SQLite takes to run it.
+_SID: sa.BindParameter[str] = sa.bindparam("sid")
+_DELETE_CHILDREN = (
+    sa.delete(schema.entries).where(schema.entries.c.session_id == _SID),
+    sa.delete(schema.topics).where(schema.topics.c.session_id == _SID),
+)
+_DELETE_SESSION = sa.delete(schema.sessions).where(schema.sessions.c.session_id == _SID)
+
+
 def _delete_session(conn: Connection, sid: str) -> int:
     """Delete a session's rows (children first: no cascade to rely on); 1 if it was there."""
-    conn.execute(sa.delete(schema.entries).where(schema.entries.c.session_id == sid))
-    conn.execute(sa.delete(schema.topics).where(schema.topics.c.session_id == sid))
-    return conn.execute(
-        sa.delete(schema.sessions).where(schema.sessions.c.session_id == sid)
-    ).rowcount
+    for stmt in _DELETE_CHILDREN:
+        conn.execute(stmt, {"sid": sid})
+    return conn.execute(_DELETE_SESSION, {"sid": sid}).rowcount
 
 
 def _utc(value: datetime) -> datetime:

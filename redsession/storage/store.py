@@ -314,12 +314,9 @@ class Store:
         yield Eval(scripts.EVENT, (self.keys.events, self.keys.event_ops), tuple(args))
 
     def stream_end(self) -> Op[str | None]:
-        """The id of the newest event ever written to the stream (None: none yet)."""
-        (n,) = yield Batch((("XLEN", self.keys.events),))
-        if not n:
-            return None
-        (info,) = yield Batch((("XINFO", "STREAM", self.keys.events),))
-        return text({text(k): v for k, v in info.items()}["last-generated-id"])
+        """The id of the stream's newest event (None: no event)."""
+        (rows,) = yield Batch((("XREVRANGE", self.keys.events, "+", "-", "COUNT", 1),))
+        return text(rows[0][0]) if rows else None
 
     def has_event(self, event_id: str) -> Op[bool]:
         (rows,) = yield Batch((("XRANGE", self.keys.events, event_id, event_id),))
