@@ -530,3 +530,41 @@ def test_bad_urls_are_configuration_errors(tmp_path: Path) -> None:
     with pytest.raises(SqlError, match="unavailable"):
         pg.open()
     pg.close()
+
+
+def test_the_mirror_on_a_cluster_and_on_one_server(url: str, tmp_path: Path) -> None:
+    """On a cluster the events (preferences' too) come from the second step."""
+    db = Database(f"sqlite:///{tmp_path / 'm.sqlite3'}")
+    db.open()
+    with SessionManager.from_url(url) as m:
+        sid = conversation(m)
+        m.mirror_sql(db)
+        m.log_interaction(sid, user_message="again")
+        m.set_preferences("alice", {"lang": "fr"})
+        report = m.mirror_sql(db)
+        assert (report.upserted, report.users) == (1, 1)
+        assert rows_of(m, db).export(sid) == m.export_session(sid)
+        primary = conversation(m, "bob")
+        secondary = conversation(m, "bob")
+        m.merge_sessions(primary, secondary)
+        m.mirror_sql(db)
+        assert {r["session_id"] for r in table(db, "sessions")} == {sid, primary}
+        assert rows_of(m, db).export(primary) == m.export_session(primary)
+    db.close()
+
+
+async def test_the_async_manager_mirrors_the_same_way(redis_url: str, tmp_path: Path) -> None:
+    from redsession import AsyncSessionManager
+
+    db = Database(f"sqlite:///{tmp_path / 'm.sqlite3'}")
+    db.open()
+    with SessionManager.from_url(redis_url) as m:
+        sid = conversation(m)
+        am = AsyncSessionManager.from_url(redis_url)
+        try:
+            report = await am.mirror_sql(db)
+        finally:
+            await am.close()
+        assert report.upserted == 1
+        assert rows_of(m, db).export(sid) == m.export_session(sid)
+    db.close()
