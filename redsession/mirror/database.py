@@ -46,8 +46,8 @@ def _failed(what: str, e: Exception) -> SqlError:
 
 
 class Database:
-    """One mirror database. ``open()`` checks its schema (and, by default, migrates it to
-    the newest this redsession knows); it refuses a schema newer than that."""
+    """One mirror database. ``open()`` migrates its schema to the newest this redsession
+    knows, and refuses a schema newer than that."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -76,12 +76,7 @@ class Database:
 
     # -- schema ---------------------------------------------------------------------------
 
-    def revision(self) -> str | None:
-        """The schema revision the database is at (None: no schema yet)."""
-        with self.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
-
-    def open(self, *, migrate: bool = True) -> None:
+    def open(self) -> None:
         """Refuse a schema newer than this code knows; migrate an older one (or none)."""
         with self.connect() as conn:
             cfg = _alembic(conn)
@@ -95,11 +90,6 @@ class Database:
                     "REDSESSION_SQL_URL at another database"
                 )
             if current != head:
-                if not migrate:
-                    raise ConfigError(
-                        f"the SQL mirror's schema is at {current!r}, not {head!r}: run the worker "
-                        "once to migrate it"
-                    )
                 try:
                     command.upgrade(cfg, "head")
                     conn.commit()

@@ -108,17 +108,15 @@ class Rows:
 
     def preferences(self, uid: str, stored: Mapping[str, str]) -> None:
         """The user's preferences as Redis holds them (each value JSON, sealed if encrypted)."""
+        # Opened and sealed again: a value written before encryption was on is sealed too.
         rows = [
-            {"user_id": uid, "key": k, "value": v if self.seal else self._plain(v)}
+            {"user_id": uid, "key": k, "value": self._sealed(self.cipher.open(v, "a preference"))}
             for k, v in stored.items()
         ]
         with self.db.transaction() as conn:
             conn.execute(sa.delete(schema.preferences).where(schema.preferences.c.user_id == uid))
             if rows:
                 conn.execute(sa.insert(schema.preferences), rows)
-
-    def _plain(self, stored: str) -> str:
-        return self.cipher.open(stored, "a preference").decode()
 
     # -- the cursor and listings -------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from redsession.core.base import Core
 from redsession.errors import ConfigError, CorruptData, InvalidInput, SessionNotFound
 from redsession.maintenance.snapshots import Progress
 from redsession.mirror.rows import Rows
+from redsession.model import validation as check
 from redsession.storage.commands import Op
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,6 @@ log = logging.getLogger(__name__)
 BATCH = 500  # events per read
 EMPTY = "0-0"  # the cursor of a copy made while the stream held no event
 GONE_KINDS = ("delete", "merge")  # the events after which a missing session is not expired
-
-
 
 
 class MirrorReport(BaseModel):
@@ -63,10 +62,10 @@ def mirror_sessions(
     end = yield from core.store.stream_end()
     cursor = rows.cursor()
     full = cursor is None or (yield from _lost(core, end, cursor))
+    if full and cursor is not None:
+        log.warning("the event stream lacks events the SQL mirror had not read (trimmed, "
+                    "or another Redis): copying every session")  # fmt: skip
     if cursor is None or full:
-        if cursor is not None:
-            log.warning("the event stream lacks events the SQL mirror had not read (trimmed, "
-                        "or another Redis): copying every session")  # fmt: skip
         cursor = end or EMPTY
         yield from _full_copy(core, rows, tally, progress)
         rows.set_cursor(cursor)
@@ -121,7 +120,7 @@ def _mirror_one(core: Core, rows: Rows, tally: _Tally, sid: str, kind: str) -> O
         log.warning("SQL mirror: skipping the event of invalid session id %r", sid)
         return
     except SessionNotFound:  # deleted, merged away (a subclass), or expired
-        yield from _gone(core, rows, tally, [sid], expired=kind not in GONE_KINDS)
+        _gone(core, rows, tally, [sid], expired=kind not in GONE_KINDS)
         return
     except CorruptData as e:  # said, and left as it was in SQL: the rest goes on
         log.warning("SQL mirror: session %r not copied: %s", sid, e)
@@ -130,19 +129,18 @@ def _mirror_one(core: Core, rows: Rows, tally: _Tally, sid: str, kind: str) -> O
     tally.upserted += 1
 
 
-def _gone(core: Core, rows: Rows, tally: _Tally, sids: list[str], *, expired: bool) -> Op[None]:
+def _gone(core: Core, rows: Rows, tally: _Tally, sids: list[str], *, expired: bool) -> None:
     if expired and core.settings.sql_keep_expired:
         tally.expired += rows.mark_expired(sids)
     else:
         tally.removed += rows.remove(sids)
-    return
-    yield  # a generator, like every operation
 
 
 def _preferences(core: Core, rows: Rows, tally: _Tally, uid: str) -> Op[None]:
     try:
-        stored = yield from core.store.get_prefs(uid)
-    except InvalidInput:
+        stored = yield from core.store.get_prefs(check.user_id(uid))
+    except InvalidInput:  # not a user id redsession writes
+        log.warning("SQL mirror: skipping the event of invalid user id %r", uid)
         return
     rows.preferences(uid, stored)
     tally.users += 1
@@ -160,7 +158,7 @@ def _full_copy(core: Core, rows: Rows, tally: _Tally, progress: Progress) -> Op[
         if progress is not None and page:
             progress(len(page))
     # What the mirror holds and Redis does not: gone while no event reached the mirror.
-    yield from _gone(core, rows, tally, sorted(rows.session_ids() - seen), expired=True)
+    _gone(core, rows, tally, sorted(rows.session_ids() - seen), expired=True)
     # Preferences may outlive their user's sessions: those of users with none are kept.
     walk = sessions.user_walk(core)
     while not walk.done:
