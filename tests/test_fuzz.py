@@ -31,6 +31,7 @@ from redsession import (
     Settings,
 )
 from redsession.maintenance.snapshots import sessions_dir
+from redsession.mirror.database import Database
 from redsession.services.embedded import RedisServer
 from redsession.storage.keys import Keys
 
@@ -207,7 +208,18 @@ def _calls(sids: list[str]) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
         "restore_sessions": fb({}, optional={"overwrite_older": st.booleans()}),
         "rotate_keys": fb({}),
         "repair_indexes": fb({}, optional={"batch": count}),
+        "mirror_sql": fb({"database": st.builds(_fuzz_database) | anything}),
     }
+
+
+_DATABASES: list[Database] = []
+
+
+def _fuzz_database() -> Database:
+    """One mirror database for the whole fuzz, in data_dir (made once the test has chdir'd)."""
+    if not _DATABASES:
+        _DATABASES.append(Database("sqlite:///data/mirror.sqlite3"))
+    return _DATABASES[0]
 
 
 def _export_docs(sid: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
@@ -288,6 +300,8 @@ def fuzz_manager(redis_server: RedisServer, fuzz_root: Path) -> Iterator[Session
     )
     with SessionManager(redis.Redis.from_url(redis_server.url), settings_) as m:
         yield m
+    for db in _DATABASES:
+        db.close()
 
 
 @pytest.fixture
@@ -540,11 +554,11 @@ def test_dump_and_restore_write_nothing_outside_data_dir(
 
 # Commands that return; server, worker (without --check), mcp and up run until a signal.
 CLI_COMMANDS = ["list", "show", "export", "import", "merge", "delete", "cleanup", "dump",
-                "restore", "stats", "version", "repair-index", "rotate-keys"]  # fmt: skip
+                "restore", "stats", "version", "repair-index", "rotate-keys", "sql"]  # fmt: skip
 CLI_SERVICES = ["server", "worker", "mcp", "up"]
 CLI_OPTIONS = ["--user", "--limit", "--cursor", "--history", "--all", "-o", "--output",
                "--overwrite", "-y", "--yes", "--allow-cross-user", "--dry-run", "--from",
-               "--json", "--check", "--port", "--", "-"]  # fmt: skip
+               "--json", "--check", "--port", "--sql-url", "-p", "--", "-"]  # fmt: skip
 EXIT_CODES = set(range(7))
 
 
@@ -601,7 +615,7 @@ def test_cli_commands_exit_cleanly_whatever_the_arguments(
         st.one_of(st.none(), st.binary(max_size=200), _export_docs(st.just(a)).map(_json_bytes)),
     )
 
-    @settings(FUZZ, max_examples=150)  # 13 commands; each run is a few milliseconds
+    @settings(FUZZ, max_examples=150)  # 14 commands; each run is a few milliseconds
     @given(args_strategy)
     @example(("list", [], "WARNING", None))
     @example(("show", ["no-such-session"], "WARNING", None))

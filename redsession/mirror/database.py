@@ -62,9 +62,6 @@ class Database:
         except (sa.exc.ArgumentError, ImportError, ValueError) as e:
             raise ConfigError(f"REDSESSION_SQL_URL {_redacted(url)!r}: {e}") from e
         if self.dialect == "sqlite":
-            path = sa.engine.make_url(url).database
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
 
     @classmethod
@@ -78,6 +75,12 @@ class Database:
 
     def open(self) -> None:
         """Refuse a schema newer than this code knows; migrate an older one (or none)."""
+        path = self.engine.url.database if self.dialect == "sqlite" else None
+        if path and path != ":memory:":
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise SqlError(f"cannot make the folder of the SQL mirror {path}: {e}") from e
         with self.connect() as conn:
             cfg = _alembic(conn)
             head = ScriptDirectory.from_config(cfg).get_current_head()
@@ -135,8 +138,8 @@ class Database:
                     if _is_write_refusal(e):
                         raise InvalidInput(f"the SQL mirror is read-only: {_first(e)}") from e
                     raise InvalidInput(f"the query failed: {_first(e)}") from e
-                except sa.exc.ArgumentError as e:  # e.g. a bind parameter without a value
-                    raise InvalidInput(f"the query failed: {e}") from e
+                except (sa.exc.SQLAlchemyError, UnicodeError) as e:  # e.g. an unbound :name
+                    raise InvalidInput(f"the query failed: {_first(e)}") from e
         finally:
             if engine is not self.engine:
                 engine.dispose()

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from redsession.config import Settings
+from redsession.errors import InvalidInput
 from redsession.mirror import schema
 from redsession.mirror.database import Database
 from redsession.model.crypto import Cipher
@@ -29,6 +30,8 @@ class Rows:
     """Writes and reads the mirror's rows in one database, sealing as Settings say."""
 
     def __init__(self, db: Database, cipher: Cipher, settings: Settings) -> None:
+        if not isinstance(db, Database):
+            raise InvalidInput(f"the SQL mirror needs a Database, not {type(db).__name__}")
         self.db = db
         self.cipher = cipher
         self.seal = cipher.enabled and not settings.sql_plaintext
