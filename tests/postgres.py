@@ -114,10 +114,11 @@ def postgres_server() -> Iterator[PostgresServer]:
         unixsocketdir=str(folder / "sock"), logfile=str(folder / "log"), startparams="-w",
         dbname="postgres", user="postgres",
     )  # fmt: skip
-    executor.start()
-    executor.wait_for_postgres()
     try:
+        executor.start()
+        executor.wait_for_postgres()
         yield PostgresServer(executor, port)
     finally:
-        executor.stop()
+        if executor.running():
+            executor.stop()
         shutil.rmtree(base, ignore_errors=True)
