@@ -16,6 +16,7 @@ import pwd
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,13 +80,29 @@ class PostgresServer:
         self.executor = executor
         self.port = port
 
+    @property
+    def dsn(self) -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the server takes connections: pg_ctl's wait can end while it is still
+        'starting up' (recovery)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg.connect(self.dsn, connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
     def url(self, dbname: str) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{dbname}"
 
     def database(self) -> str:
         name = f"mirror_{os.getpid()}_{next(_names)}"
-        dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
@@ -95,6 +112,7 @@ class PostgresServer:
     def start(self) -> None:
         self.executor.start()
         self.executor.wait_for_postgres()
+        self.wait_ready()
 
 
 @pytest.fixture(scope="session")
@@ -115,9 +133,9 @@ def postgres_server() -> Iterator[PostgresServer]:
         dbname="postgres", user="postgres",
     )  # fmt: skip
     try:
-        executor.start()
-        executor.wait_for_postgres()
-        yield PostgresServer(executor, port)
+        server = PostgresServer(executor, port)
+        server.start()
+        yield server
     finally:
         if executor.running():
             executor.stop()
