@@ -18,7 +18,8 @@ from bench.harness import FULL, SMOKE
 from bench.ops import OPS
 
 SECTIONS = (
-    "ops", "instructions", "growth", "dump", "memory", "writes", "frameworks", "checkpoints"
+    "ops", "instructions", "growth", "dump", "mirror", "memory", "writes", "frameworks",
+    "checkpoints",
 )
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -101,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench import growth
 
             tables += growth.dump_cleanup(srv.url, smoke=args.smoke)
+        if "mirror" in sections:
+            from bench import mirror
+
+            tables += mirror.mirror_cost(srv.url, smoke=args.smoke)
         if "memory" in sections:
             from bench import memory
 

@@ -25,6 +25,10 @@ from redsession.maintenance.restore import RestoreReport
 from redsession.maintenance.rotation import RotationReport
 from redsession.maintenance.snapshots import DumpReport, Progress
 from redsession.manager import ManagerBase
+from redsession.mirror import run as mirror
+from redsession.mirror.database import Database
+from redsession.mirror.rows import Rows
+from redsession.mirror.run import MirrorReport
 from redsession.model.models import (
     EventPage,
     Interaction,
@@ -436,6 +440,12 @@ class AsyncSessionManager(ManagerBase):
     ) -> RestoreReport:  # fmt: skip
         op = restore.restore_sessions(
             self.core, source, overwrite_older=overwrite_older, progress=progress
+        )
+        return await self.run(op)
+
+    async def mirror_sql(self, database: Database, *, progress: Progress = None) -> MirrorReport:
+        op = mirror.mirror_sessions(
+            self.core, Rows(database, self.core.cipher, self.settings), progress=progress
         )
         return await self.run(op)
 

@@ -124,6 +124,20 @@ class Settings(BaseSettings):
     # The leader renews its lease and heartbeat this often (well inside the lease).
     heartbeat_interval: timedelta = Field(default=timedelta(seconds=10), gt=timedelta(0))
 
+    # The SQL mirror (redsession/mirror/): the worker copies changed sessions into SQL for
+    # analysis. None: SQLite at <data_dir>/sessions.sqlite3, no server for a newcomer.
+    sql_url: str | None = None
+    # Off: the worker runs no mirror job (and needs no SQL database).
+    sql_mirror: bool = True
+    # How often the mirror runs; a change reaches SQL within about one period.
+    sql_interval: timedelta = Field(default=timedelta(seconds=60), gt=timedelta(0))
+    # Off: no message text (messages, answers, metadata, items) is copied at all.
+    sql_text: bool = True
+    # On: encrypted fields are copied decrypted, for a database the operator trusts.
+    sql_plaintext: bool = False
+    # On: expired sessions stay in SQL, marked expired; off: they are removed like deletes.
+    sql_keep_expired: bool = False
+
     # MCP over HTTP binds loopback unless told otherwise: conversation data is personal.
     mcp_host: str = "127.0.0.1"
     mcp_port: int = Field(default=8765, ge=0, le=65535)

@@ -80,3 +80,7 @@ class CorruptData(RedsessionError):
 
 class DecryptionError(RedsessionError):
     """Stored data is encrypted under a key that is not configured (or is not a token)."""
+
+
+class SqlError(RedsessionError):
+    """The SQL mirror's database is unreachable, or failed a statement."""

@@ -25,6 +25,10 @@ from redsession.maintenance.repair import RepairReport
 from redsession.maintenance.restore import RestoreReport
 from redsession.maintenance.rotation import RotationReport
 from redsession.maintenance.snapshots import DumpReport, Progress
+from redsession.mirror import run as mirror
+from redsession.mirror.database import Database
+from redsession.mirror.rows import Rows
+from redsession.mirror.run import MirrorReport
 from redsession.model.models import (
     EventPage,
     Interaction,
@@ -522,6 +526,13 @@ class SessionManager(ManagerBase):
         """Load dump files (default: the data dir's) into Redis (see maintenance.restore)."""
         op = restore.restore_sessions(
             self.core, source, overwrite_older=overwrite_older, progress=progress
+        )
+        return self.run(op)
+
+    def mirror_sql(self, database: Database, *, progress: Progress = None) -> MirrorReport:
+        """Copy the sessions changed since the last run into the SQL mirror (see mirror.run)."""
+        op = mirror.mirror_sessions(
+            self.core, Rows(database, self.core.cipher, self.settings), progress=progress
         )
         return self.run(op)
 

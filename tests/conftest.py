@@ -19,7 +19,7 @@ from redsession import AsyncSessionManager, SessionManager
 from redsession.services.embedded import RedisServer
 from redsession.storage.commands import Cmd, Eval, Script
 
-pytest_plugins = ["tests.topology"]
+pytest_plugins = ["tests.topology", "tests.postgres"]
 
 ServerFactory = Callable[..., RedisServer]
 

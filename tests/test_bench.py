@@ -34,6 +34,7 @@ def test_smoke_run_reports_every_operation(tmp_path: Path) -> None:
         "Growth — log_interaction",
         "Growth — resume",
         "Dump and cleanup",
+        "SQL mirror run",
         "Memory",
         "Framework backends — OpenAI Agents SDK",
         "Framework backends — Google ADK",

@@ -31,6 +31,7 @@ from redsession import (
     Settings,
 )
 from redsession.maintenance.snapshots import sessions_dir
+from redsession.mirror.database import Database
 from redsession.model.models import EVENT_KINDS
 from redsession.services.embedded import RedisServer
 from redsession.storage.keys import Keys
@@ -261,6 +262,7 @@ def _calls(sids: list[str]) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
             {"consumer": weird_text | anything, "event_id": _event_ids()},
             optional={"failed": st.none() | obj | st.dictionaries(weird_text, weird_text)},
         ),
+        "mirror_sql": fb({"database": st.builds(_fuzz_database) | anything}),
     }
 
 
@@ -281,6 +283,16 @@ def _event_reads() -> dict[str, st.SearchStrategy[Any]]:
         "kinds": st.none() | kinds | kinds.map(tuple) | anything,
         "limit": st.one_of(st.integers(-5, 50), st.integers(), anything),
     }
+
+
+_DATABASES: list[Database] = []
+
+
+def _fuzz_database() -> Database:
+    """One mirror database for the whole fuzz, in data_dir (made once the test has chdir'd)."""
+    if not _DATABASES:
+        _DATABASES.append(Database("sqlite:///data/mirror.sqlite3"))
+    return _DATABASES[0]
 
 
 def _export_docs(sid: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
@@ -361,6 +373,8 @@ def fuzz_manager(redis_server: RedisServer, fuzz_root: Path) -> Iterator[Session
     )
     with SessionManager(redis.Redis.from_url(redis_server.url), settings_) as m:
         yield m
+    for db in _DATABASES:
+        db.close()
 
 
 @pytest.fixture
@@ -614,11 +628,12 @@ def test_dump_and_restore_write_nothing_outside_data_dir(
 # Commands that return; server, worker (without --check), mcp and up run until a signal.
 CLI_COMMANDS = ["list", "show", "export", "import", "merge", "delete", "cleanup", "dump",
                 "restore", "stats", "version", "repair-index", "rotate-keys",
-                "events"]  # fmt: skip  (never --follow here: it runs until Ctrl-C)
+                "events", "sql"]  # fmt: skip  (never --follow here: it runs until Ctrl-C)
 CLI_SERVICES = ["server", "worker", "mcp", "up"]
 CLI_OPTIONS = ["--user", "--limit", "--cursor", "--history", "--all", "-o", "--output",
                "--overwrite", "-y", "--yes", "--allow-cross-user", "--dry-run", "--from",
-               "--json", "--check", "--port", "--after", "--kind", "--", "-"]  # fmt: skip
+               "--json", "--check", "--port", "--after", "--kind", "--sql-url", "-p",
+               "--", "-"]  # fmt: skip
 EXIT_CODES = set(range(7))
 
 
@@ -675,11 +690,12 @@ def test_cli_commands_exit_cleanly_whatever_the_arguments(
         st.one_of(st.none(), st.binary(max_size=200), _export_docs(st.just(a)).map(_json_bytes)),
     )
 
-    @settings(FUZZ, max_examples=165)  # 14 commands; each run is a few milliseconds
+    @settings(FUZZ, max_examples=180)  # 15 commands; each run is a few milliseconds
     @given(args_strategy)
     @example(("list", [], "WARNING", None))
     @example(("show", ["no-such-session"], "WARNING", None))
     @example(("import", ["-"], "WARNING", b"{not json"))
+    @example(("list", ["--limit", "many"], "WARNING", None))  # each exit code at least once
     def run(drawn: tuple[str, list[str], str, bytes | None]) -> None:
         command, args, level, stdin = drawn
         # Exports go where the operator says: keep them in our folder, not the working dir.

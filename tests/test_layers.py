@@ -13,7 +13,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("redsession.config", "redsession.errors", "redsession.files"),
     ("redsession.model", "redsession.storage"),
     ("redsession.core",),
-    ("redsession.maintenance",),
+    ("redsession.maintenance", "redsession.mirror"),
     ("redsession.manager", "redsession.async_manager"),
     ("redsession",),  # the package's facade: the public names
     ("redsession.services", "redsession.cli", "redsession.integrations", "redsession.api",

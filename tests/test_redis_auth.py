@@ -28,6 +28,7 @@ from redsession import (
     StorageError,
     StorageUnavailable,
 )
+from redsession.mirror.database import Database
 from redsession.services.embedded import RedisServer, ServerError
 from redsession.services.leader import LeaderLock
 from redsession.storage.keys import Keys
@@ -146,6 +147,14 @@ def test_acl_user_runs_every_manager_operation(
         assert dirty_ids(m) == []
         m.delete_session("imported")
         m.restore_sessions(tmp_path)
+        # The SQL mirror: a full copy, then a run from the stream.
+        db = Database(f"sqlite:///{tmp_path / 'mirror.sqlite3'}")
+        db.open()
+        c = m.create_session("alice").session_id
+        assert m.mirror_sql(db).full_copy
+        m.log_interaction(c, user_message="mirrored")
+        assert m.mirror_sql(db).upserted == 1
+        db.close()
         lock = LeaderLock(m.client, m.keys, lease=5.0)
         assert lock.acquire()
         assert lock.renew()

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from redsession import __version__
-from redsession.cli import events, maintenance, services, sessions
+from redsession.cli import events, maintenance, services, sessions, sql
 from redsession.cli.errors import to_cli_error
 from redsession.cli.state import State
 from redsession.errors import RedsessionError
@@ -101,6 +101,7 @@ for _command in (
     events.events,
     maintenance.repair_index,
     maintenance.rotate_keys,
+    sql.sql,
     services.server,
     services.worker,
     services.mcp,

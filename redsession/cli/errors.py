@@ -11,6 +11,7 @@ from redsession.errors import (
     PermissionDenied,
     RedsessionError,
     SessionNotFound,
+    SqlError,
     StorageError,
     StorageUnavailable,
 )
@@ -56,6 +57,8 @@ def classify(error: RedsessionError) -> tuple[int, str]:
         return EXIT_STORAGE, "check --redis-url (or REDSESSION_REDIS_URL) and that Redis is up"
     if isinstance(error, StorageError):
         return EXIT_STORAGE, "see the Redis server's log"
+    if isinstance(error, SqlError):
+        return EXIT_ERROR, "check --sql-url (or REDSESSION_SQL_URL) and that the database is up"
     if isinstance(error, ConfigError):
         return EXIT_USAGE, "see `redsession --help`"
     if isinstance(error, DecryptionError):

@@ -96,7 +96,8 @@ def run_up(settings: Settings, *, mcp_port: int | None = None) -> int:
         }
         # Restored just above: the worker must not load the same files a second time.
         children["worker"] = _child(["worker", "--no-restore"], env)
-        print(f"worker  pid {children['worker'].pid} (cleanup, dumps to {data_dir})", flush=True)
+        print(f"worker  pid {children['worker'].pid} (cleanup, dumps to {data_dir}, SQL mirror)",
+              flush=True)  # fmt: skip
         children["mcp"] = _child(["mcp", "--transport", "http", "--port", str(port)], env)
         endpoint = f"http://{settings.mcp_host}:{port}/mcp"
         print(f"mcp     {endpoint}  (streamable HTTP)", flush=True)

@@ -1,4 +1,5 @@
-"""The worker: one leader (elected by a Redis lease lock) runs cleanup, dump and backup jobs.
+"""The worker: one leader (elected by a Redis lease lock) runs cleanup, dump, backup and the
+SQL mirror.
 
 Any number of workers may run. The main thread runs the election: standbys try to take the
 lock whenever the holder's lease would run out; the leader renews it (and the heartbeat)
@@ -33,9 +34,10 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from redsession.config import Settings
-from redsession.errors import RedsessionError, StorageUnavailable
+from redsession.errors import ConfigError, RedsessionError, SqlError, StorageUnavailable
 from redsession.maintenance.backup import run_backup
 from redsession.manager import SessionManager
+from redsession.mirror.database import Database
 from redsession.services.leader import LeaderLock, read_heartbeat
 from redsession.services.webhooks import WebhookDelivery
 from redsession.storage.connection import sync_client
@@ -43,7 +45,7 @@ from redsession.storage.keys import Keys
 
 log = logging.getLogger(__name__)
 
-JOBS = ("cleanup", "dump", "backup")
+JOBS = ("cleanup", "dump", "backup", "mirror")
 # Back-off after a failed lock call: doubles from here up to the renewal interval.
 _BACKOFF_START = 0.1
 # A standby retries this soon after the holder's lease should have run out.
@@ -89,7 +91,9 @@ class Worker:
     the lease meanwhile), releases the lock and returns. ``bgsave`` makes the backup job also
     ask Redis for a snapshot (BGSAVE); turn it off for a Redis this worker does not manage.
     ``restore`` loads the dump files when this worker first leads; off when whoever started
-    the worker has just restored them (``redsession up``).
+    the worker has just restored them (``redsession up``). ``database``: the SQL mirror's
+    (default: Settings.sql_url's); a schema newer than this code knows stops the worker
+    here (ConfigError), a database that is down only delays the mirror job.
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class Worker:
         lock_client: redis.Redis | redis.RedisCluster | None = None,
         bgsave: bool = True,
         restore: bool = True,
+        database: Database | None = None,
     ) -> None:
         self.settings = settings
         self.manager = manager
@@ -115,12 +120,25 @@ class Worker:
             "cleanup": PeriodTrigger(settings.cleanup_interval, settings.job_jitter),
             "dump": PeriodTrigger(settings.dump_interval, settings.job_jitter),
             "backup": PeriodTrigger(settings.backup_interval, settings.job_jitter),
+            "mirror": PeriodTrigger(settings.sql_interval, settings.job_jitter),
         }
         self._jobs: dict[str, Callable[[], str]] = {
             "cleanup": self.cleanup,
             "dump": self.dump,
             "backup": self.backup,
+            "mirror": self.mirror,
         }
+        self.jobs = tuple(j for j in JOBS if j != "mirror" or settings.sql_mirror)
+        self.database: Database | None = None
+        self._schema_checked = False
+        if settings.sql_mirror:
+            self.database = database or Database.from_settings(settings)
+            try:
+                self._check_schema()
+            except ConfigError:
+                if database is None:
+                    self.database.close()
+                raise
         self.scheduler = BackgroundScheduler(
             timezone=timezone.utc,
             executors={"default": ThreadPoolExecutor(1)},
@@ -219,7 +237,7 @@ class Worker:
             return
         if not self.restored:
             self._queue_restore()
-        for name in JOBS:
+        for name in self.jobs:
             self.scheduler.add_job(
                 self._run_job, self.triggers[name], args=(name,), id=name, name=name
             )
@@ -302,6 +320,25 @@ class Worker:
     def dump(self) -> str:
         return str(self.manager.dump_sessions(progress=self._guard))
 
+    def _check_schema(self) -> None:
+        """Migrate the mirror's schema once; refuse (ConfigError) one newer than we know.
+        A database that is down is said and tried again at the next mirror run."""
+        assert self.database is not None
+        try:
+            self.database.open()
+        except SqlError as e:
+            log.warning("SQL mirror: %s; the mirror job retries each period", e)
+            return
+        self._schema_checked = True
+
+    def mirror(self) -> str:
+        """Copy the sessions changed since the last run into the SQL mirror."""
+        assert self.database is not None
+        if not self._schema_checked:
+            self.database.open()  # raises while the database is down: said, next period
+            self._schema_checked = True
+        return str(self.manager.mirror_sql(self.database, progress=self._guard))
+
     def backup(self) -> str:
         s = self.settings
         report = run_backup(s.data_dir, keep=s.backup_keep, max_age=s.backup_max_age)
@@ -358,5 +395,7 @@ def run_worker(settings: Settings, *, bgsave: bool = True, restore: bool = True)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if worker.database is not None:
+            worker.database.close()
         manager.close()
     return 0

@@ -31,6 +31,8 @@ from redsession.storage.keys import (
     SIDE_INDEX_SUFFIX,
     SIDE_SUFFIX,
     TOMB_SUFFIX,
+    USER_HEAD,
+    USER_PREFS_TAIL,
 )
 
 OPS_KEEP = 256  # operations a session remembers at most (within Settings.op_window)
@@ -675,15 +677,18 @@ return {'ok', old or ''}
 # A user's preferences, run on the session prelude with KEYS[1] the user's preferences hash
 # (whose OPS is then the user's), so a retried write is applied once like a session's.
 # ARGV[4] the preferences' new expiry (µs), ARGV[7] n, the number of field/value arguments
-# to set that follow, then the fields to remove. Reply: {'ok'}.
+# to set that follow, then the fields to remove. Its event names the user and no session.
+# Reply: {'ok'}.
 PREFS = _write(
     "prefs",
-    """
+    f"""
 local n = tonumber(ARGV[7])
 if n > 0 then redis.call('HSET', HASH, unpack(ARGV, 8, 7 + n)) end
 if #ARGV > 7 + n then redis.call('HDEL', HASH, unpack(ARGV, 8 + n, #ARGV)) end
 redis.call('PEXPIREAT', HASH, EXP_MS)
-return {'ok'}
+SID = ''
+event('prefs', string.sub(HASH, #P + {len(USER_HEAD)} + 1, -{len(USER_PREFS_TAIL)} - 1))
+return {{'ok'}}
 """,
 )
 

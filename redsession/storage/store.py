@@ -373,6 +373,29 @@ class Store:
             args += [f"{op}:{kind}" if op else "", len(fields), *fields]
         yield Eval(scripts.EVENT, (self.keys.events, self.keys.event_ops), tuple(args))
 
+    def stream_end(self) -> Op[str | None]:
+        """The id of the stream's newest event (None: no event)."""
+        (rows,) = yield Batch((("XREVRANGE", self.keys.events, "+", "-", "COUNT", 1),))
+        return text(rows[0][0]) if rows else None
+
+    def has_event(self, event_id: str) -> Op[bool]:
+        (rows,) = yield Batch((("XRANGE", self.keys.events, event_id, event_id),))
+        return bool(rows)
+
+    def events_after(
+        self, after: str, upto: str, count: int
+    ) -> Op[list[tuple[str, dict[str, str]]]]:
+        """Up to ``count`` events with ids above ``after`` and up to ``upto``, oldest first:
+        (id, fields)."""
+        (rows,) = yield Batch((("XRANGE", self.keys.events, f"({after}", upto, "COUNT", count),))
+        out = []
+        for eid, fields in rows:
+            if not isinstance(fields, dict):  # a flat [field, value, ...] list
+                it = iter(fields)
+                fields = dict(zip(it, it))
+            out.append((text(eid), {text(k): text(v) for k, v in fields.items()}))
+        return out
+
     # -- indexes and listings ----------------------------------------------------------
 
     def index_page(self, key: str, after: int | None, count: int) -> Op[list[tuple[str, int]]]:
@@ -440,6 +463,7 @@ class Store:
         yield self._eval(
             scripts.PREFS, "", None, at, len(pairs), *pairs, *remove, key=self.keys.user_prefs(uid)
         )
+        yield from self._event("prefs", "", uid, t)
 
     def get_prefs(self, uid: str, touch: bool = False) -> Op[dict[str, str]]:
         """The user's preferences; ``touch`` counts the read as activity (their TTL slides)."""
