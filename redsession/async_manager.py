@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import redis.asyncio
 
 from redsession.config import Settings
-from redsession.core import history, sessions, stats, transfer
+from redsession.core import history, sessions, stats, status, transfer
 from redsession.maintenance import cleanup, repair, restore, rotation, snapshots
 from redsession.maintenance.cleanup import CleanupReport
 from redsession.maintenance.repair import RepairReport
@@ -28,11 +28,14 @@ from redsession.manager import ManagerBase
 from redsession.model.models import (
     Interaction,
     Item,
+    JobRun,
+    Overview,
     Session,
     SessionExport,
     SessionPage,
     StoreStats,
     UserPage,
+    WorkerStatus,
     utcnow,
 )
 from redsession.storage.commands import Op
@@ -44,6 +47,8 @@ T = TypeVar("T")
 
 class AsyncSessionManager(ManagerBase):
     """Sessions in Redis, for asyncio code: the same operations as SessionManager."""
+
+    _driver: AsyncDriver
 
     def __init__(
         self,
@@ -318,6 +323,18 @@ class AsyncSessionManager(ManagerBase):
 
     async def stats(self) -> StoreStats:
         return await self.run(stats.stats(self.core))
+
+    async def ping(self) -> None:
+        await self.run(status.ping(self.core))
+
+    async def worker_status(self) -> WorkerStatus:
+        return await self.run(status.worker_status(self.core))
+
+    async def overview(self) -> Overview:
+        return await self.run(status.overview(self.core))
+
+    async def record_job(self, run: JobRun) -> None:
+        await self.run(status.record_job(self.core, run))
 
     async def dump_sessions(
         self, data_dir: Path | None = None, *, batch: int = 500, progress: Progress = None

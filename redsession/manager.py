@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis
 
 from redsession.config import Settings
-from redsession.core import history, sessions, stats, transfer
+from redsession.core import history, sessions, stats, status, transfer
 from redsession.core.base import Core
 from redsession.maintenance import cleanup, repair, restore, rotation, snapshots
 from redsession.maintenance.cleanup import CleanupReport
@@ -27,24 +27,33 @@ from redsession.maintenance.snapshots import DumpReport, Progress
 from redsession.model.models import (
     Interaction,
     Item,
+    JobRun,
+    Overview,
     Session,
     SessionExport,
     SessionPage,
     StoreStats,
     UserPage,
+    WorkerStatus,
     utcnow,
 )
 from redsession.storage.commands import Op
 from redsession.storage.connection import sync_client
-from redsession.storage.drivers import SyncDriver
+from redsession.storage.drivers import Observer, SyncDriver
 from redsession.storage.keys import Keys
 from redsession.storage.store import Store
 
 T = TypeVar("T")
 
 
+class _Observed(Protocol):
+    observer: Observer | None
+
+
 class ManagerBase:
     """What both managers hold: settings, key names, the core, and the client."""
+
+    _driver: _Observed
 
     def __init__(
         self, client: Any, settings: Settings | None, clock: Callable[[], datetime], cluster: bool
@@ -54,12 +63,23 @@ class ManagerBase:
         self.core = Core(Store(self.keys, self.settings, cluster=cluster), self.settings, clock)
         self.client = client
 
+    @property
+    def observer(self) -> Observer | None:
+        """Called as ``observer(operation, seconds, error)`` after every operation run."""
+        return self._driver.observer
+
+    @observer.setter
+    def observer(self, observer: Observer | None) -> None:
+        self._driver.observer = observer
+
     def _data_dir(self, data_dir: Path | None) -> Path:
         return self.settings.data_dir if data_dir is None else Path(data_dir)
 
 
 class SessionManager(ManagerBase):
     """Sessions in Redis, for synchronous code. Thread-safe (redis-py pools connections)."""
+
+    _driver: SyncDriver
 
     def __init__(
         self,
@@ -382,6 +402,21 @@ class SessionManager(ManagerBase):
 
     def stats(self) -> StoreStats:
         return self.run(stats.stats(self.core))
+
+    def ping(self) -> None:
+        """Returns once Redis answers (every primary of a cluster); raises StorageUnavailable."""
+        self.run(status.ping(self.core))
+
+    def worker_status(self) -> WorkerStatus:
+        """The worker leader (from its heartbeat) and the last run of each worker job."""
+        return self.run(status.worker_status(self.core))
+
+    def overview(self) -> Overview:
+        """Sessions, users, memory, expiring soon and the worker: O(1), for dashboards."""
+        return self.run(status.overview(self.core))
+
+    def record_job(self, run: JobRun) -> None:
+        self.run(status.record_job(self.core, run))
 
     def dump_sessions(
         self, data_dir: Path | None = None, *, batch: int = 500, progress: Progress = None

@@ -5,10 +5,12 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
@@ -564,3 +566,45 @@ def _split(replies: list[Any], indexes: int, users: int) -> list[Any]:
         replies[indexes : indexes + users],
         replies[indexes + users :],
     ]
+
+
+def test_the_leader_records_each_job_and_serves_metrics(
+    redis_url: str, tmp_path: Path, spawn: Callable[..., Proc], manager: SessionManager
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manager.create_session("alice")
+    proc = spawn(redis_url, tmp_path / "data", WORKER_METRICS_PORT=str(port))
+    status = wait_for(
+        "a record of every job",
+        lambda: (w := manager.worker_status()).jobs.keys() >= {"dump", "cleanup", "backup"} and w,
+        30,
+    )
+    assert status.leader is not None
+    assert status.pid == proc.pid
+    assert all(run.ok for run in status.jobs.values())
+    assert status.jobs["dump"].outcome.startswith("written=")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert 'redsession_worker_job_ok{job="dump"} 1.0' in text
+    assert 'redsession_worker_job_age_seconds{job="backup"}' in text
+    assert 'redsession_operations_total{operation="dump_sessions"}' in text
+    assert "redsession_worker_leader_alive 1.0" in text
+    assert proc.term() == 0
+
+
+def test_a_failed_job_is_recorded_with_its_reason(
+    settings: Settings, tmp_path: Path, manager: SessionManager
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sessions").symlink_to(tmp_path)  # the dump refuses to write through it
+    s = settings.model_copy(update={"data_dir": data})
+    worker = Worker(s, SessionManager(manager.client, s), bgsave=False)
+    assert worker.lock.acquire()
+    worker._run_job("dump")
+    run = manager.worker_status().jobs["dump"]
+    assert not run.ok
+    assert "symlink" in run.outcome
+    worker.lock.release()

@@ -103,6 +103,7 @@ for _command in (
     services.server,
     services.worker,
     services.mcp,
+    services.api,
     services.up,
     services.version,
 ):

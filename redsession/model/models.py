@@ -211,3 +211,34 @@ class StoreStats(_Model):
     oldest_activity: AwareDatetime | None
     newest_activity: AwareDatetime | None
     expiring_24h: int
+
+
+class JobRun(_Model):
+    """The last run of one worker job, as the worker recorded it."""
+
+    job: str
+    at: AwareDatetime
+    ok: bool
+    seconds: float
+    outcome: str  # what it did, or why it failed
+
+
+class WorkerStatus(_Model):
+    """Who leads the workers (from its heartbeat, None when no leader lives) and the last
+    run of each job."""
+
+    leader: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    heartbeat_at: AwareDatetime | None = None
+    jobs: dict[str, JobRun] = Field(default_factory=dict)
+
+
+class Overview(_Model):
+    """Figures every service reports (/metrics, the dashboard), each O(1) to read."""
+
+    sessions: int
+    users: int
+    redis_used_memory: int
+    expiring_24h: int
+    worker: WorkerStatus

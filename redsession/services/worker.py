@@ -36,6 +36,7 @@ from redsession.config import Settings
 from redsession.errors import RedsessionError, StorageUnavailable
 from redsession.maintenance.backup import run_backup
 from redsession.manager import SessionManager
+from redsession.model.models import JobRun
 from redsession.services.leader import LeaderLock, read_heartbeat
 from redsession.storage.connection import sync_client
 from redsession.storage.keys import Keys
@@ -243,22 +244,33 @@ class Worker:
         with self._job_lock:
             if self.stopping or not self.lock.held:
                 return  # queued before shutdown or step-down: this run is not ours any more
-            period = self.triggers[name].period(datetime.now(timezone.utc))
+            at = datetime.now(timezone.utc)
+            period = self.triggers[name].period(at)
             start = time.monotonic()
             try:
                 outcome = self._jobs[name]()
             except StorageUnavailable as e:
                 log.warning("job %s period %d: Redis unavailable, retried next period: %s",
                             name, period, e)  # fmt: skip
-                return
+                return  # nowhere to record it: the record lives in Redis
             except _LeaseLost:
                 log.warning("job %s period %d: stopped, the lease was lost", name, period)
                 return
             except RedsessionError as e:  # e.g. a symlink planted in data_dir: said, not raised
                 log.error("job %s period %d failed: %s", name, period, e)
+                self._record(name, at, start, False, str(e))
                 return
             log.info("job %s period %d done in %.3fs: %s",
                      name, period, time.monotonic() - start, outcome)  # fmt: skip
+            self._record(name, at, start, True, outcome)
+
+    def _record(self, name: str, at: datetime, start: float, ok: bool, outcome: str) -> None:
+        """Keep the run where the dashboard and /metrics read it; a failure to is logged."""
+        run = JobRun(job=name, at=at, ok=ok, seconds=time.monotonic() - start, outcome=outcome)
+        try:
+            self.manager.record_job(run)
+        except RedsessionError as e:
+            log.warning("could not record the run of job %s: %s", name, e)
 
     def _run_restore(self) -> None:
         with self._job_lock:
@@ -333,6 +345,13 @@ def run_worker(settings: Settings, *, bgsave: bool = True, restore: bool = True)
     """
     manager = SessionManager(sync_client(None, settings), settings)
     worker = Worker(settings, manager, bgsave=bgsave, restore=restore)
+    exporter = None
+    if settings.worker_metrics_port:
+        from redsession.services.metrics import Metrics, serve_sync
+
+        metrics = Metrics()
+        metrics.watch(manager)
+        exporter = serve_sync(metrics, manager, settings.api_host, settings.worker_metrics_port)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if worker.stopping:
@@ -350,5 +369,7 @@ def run_worker(settings: Settings, *, bgsave: bool = True, restore: bool = True)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if exporter is not None:
+            exporter.shutdown()
         manager.close()
     return 0

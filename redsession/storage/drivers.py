@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,8 @@ from redsession.errors import CorruptData, StorageError, StorageUnavailable
 from redsession.storage.commands import Arg, Cmd, Eval, OnEachPrimary, Op, Reply, Scan, T
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
+# Told of each operation run: its name (the generator's), seconds taken, the error or None.
+Observer = Callable[[str, float, BaseException | None], None]
 
 
 def _error(e: RedisError | UnicodeDecodeError) -> StorageError | CorruptData:
@@ -34,6 +37,10 @@ def _error(e: RedisError | UnicodeDecodeError) -> StorageError | CorruptData:
     return StorageError(f"Redis refused the command: {e}")
 
 
+def _name(op: Op[Any]) -> str:
+    return getattr(op, "__name__", "operation")  # a generator's: its function's name
+
+
 def _evalsha_args(cmd: Eval) -> tuple[Arg, ...]:
     return (cmd.script.sha, len(cmd.keys), *cmd.keys, *cmd.args)
 
@@ -43,8 +50,21 @@ class SyncDriver:
 
     def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
         self.client = client
+        self.observer: Observer | None = None
 
     def run(self, op: Op[T]) -> T:
+        if self.observer is None:
+            return self._run(op)
+        start, error = time.perf_counter(), None
+        try:
+            return self._run(op)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            self.observer(_name(op), time.perf_counter() - start, error)
+
+    def _run(self, op: Op[T]) -> T:
         try:
             cmd = next(op)
             while True:
@@ -117,6 +137,7 @@ class AsyncDriver:
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        self.observer: Observer | None = None
 
     def client_for_loop(self) -> AsyncClient:
         """The client of the running event loop."""
@@ -151,6 +172,18 @@ class AsyncDriver:
         await client.aclose()
 
     async def run(self, op: Op[T]) -> T:
+        if self.observer is None:
+            return await self._run(op)
+        start, error = time.perf_counter(), None
+        try:
+            return await self._run(op)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            self.observer(_name(op), time.perf_counter() - start, error)
+
+    async def _run(self, op: Op[T]) -> T:
         client = self.client_for_loop()
         try:
             if isinstance(client, redis.asyncio.RedisCluster):
