@@ -17,15 +17,17 @@ from typing import Any, TypeVar
 import redis.asyncio
 
 from redsession.config import Settings
-from redsession.core import history, sessions, stats, status, transfer
-from redsession.maintenance import cleanup, repair, restore, rotation, snapshots
+from redsession.core import analytics, history, sessions, stats, status, transfer
+from redsession.maintenance import cleanup, repair, restore, rollup, rotation, snapshots
 from redsession.maintenance.cleanup import CleanupReport
 from redsession.maintenance.repair import RepairReport
 from redsession.maintenance.restore import RestoreReport
+from redsession.maintenance.rollup import RollupReport
 from redsession.maintenance.rotation import RotationReport
 from redsession.maintenance.snapshots import DumpReport, Progress
 from redsession.manager import ManagerBase
 from redsession.model.models import (
+    Analytics,
     Interaction,
     Item,
     JobRun,
@@ -332,6 +334,12 @@ class AsyncSessionManager(ManagerBase):
 
     async def overview(self) -> Overview:
         return await self.run(status.overview(self.core))
+
+    async def rollup(self) -> RollupReport:
+        return await self.run(rollup.rollup(self.core))
+
+    async def analytics(self, *, days: int = 30) -> Analytics:
+        return await self.run(analytics.analytics(self.core, days))
 
     async def record_job(self, run: JobRun) -> None:
         await self.run(status.record_job(self.core, run))

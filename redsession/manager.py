@@ -16,15 +16,17 @@ from typing import Any, Protocol, TypeVar
 import redis
 
 from redsession.config import Settings
-from redsession.core import history, sessions, stats, status, transfer
+from redsession.core import analytics, history, sessions, stats, status, transfer
 from redsession.core.base import Core
-from redsession.maintenance import cleanup, repair, restore, rotation, snapshots
+from redsession.maintenance import cleanup, repair, restore, rollup, rotation, snapshots
 from redsession.maintenance.cleanup import CleanupReport
 from redsession.maintenance.repair import RepairReport
 from redsession.maintenance.restore import RestoreReport
+from redsession.maintenance.rollup import RollupReport
 from redsession.maintenance.rotation import RotationReport
 from redsession.maintenance.snapshots import DumpReport, Progress
 from redsession.model.models import (
+    Analytics,
     Interaction,
     Item,
     JobRun,
@@ -414,6 +416,14 @@ class SessionManager(ManagerBase):
     def overview(self) -> Overview:
         """Sessions, users, memory, expiring soon and the worker: O(1), for dashboards."""
         return self.run(status.overview(self.core))
+
+    def rollup(self) -> RollupReport:
+        """Fold the events since the last run into the per-day analytics (a worker job)."""
+        return self.run(rollup.rollup(self.core))
+
+    def analytics(self, *, days: int = 30) -> Analytics:
+        """Per-day figures of the last ``days`` days, and the shape of a sample of sessions."""
+        return self.run(analytics.analytics(self.core, days))
 
     def record_job(self, run: JobRun) -> None:
         self.run(status.record_job(self.core, run))

@@ -68,10 +68,12 @@ FAST = {
     "DUMP_INTERVAL": "PT1S",
     "CLEANUP_INTERVAL": "PT1S",
     "BACKUP_INTERVAL": "PT2S",
+    "ROLLUP_INTERVAL": "PT1S",
     "JOB_JITTER": "PT0.3S",
 }
 DAY = "P1D"
-SLOW_JOBS = {"CLEANUP_INTERVAL": DAY, "BACKUP_INTERVAL": DAY, "JOB_JITTER": "PT0S"}
+SLOW_JOBS = {"CLEANUP_INTERVAL": DAY, "BACKUP_INTERVAL": DAY, "ROLLUP_INTERVAL": DAY,
+             "JOB_JITTER": "PT0S"}  # fmt: skip
 
 
 def wait_for(what: str, pred: Callable[[], Any], timeout: float = 20.0) -> Any:
@@ -270,6 +272,7 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
         dump_interval=timedelta(days=1),
         cleanup_interval=timedelta(days=1),
         backup_interval=timedelta(days=1),
+        rollup_interval=timedelta(days=1),
     )
 
 
@@ -384,7 +387,7 @@ def test_each_job_runs_once_per_period(
     runs = job_runs(procs)
     assert {pid for pid, _, _ in runs} == {leader}
     periods = assert_once_per_period(runs)
-    assert set(periods) == {"dump", "cleanup", "backup"}
+    assert set(periods) == {"dump", "cleanup", "backup", "rollup"}
     for job, ps in periods.items():
         # One leader throughout: every period from its first run to its last, none missed.
         assert sorted(ps) == list(range(min(ps), max(ps) + 1)), job
@@ -578,7 +581,8 @@ def test_the_leader_records_each_job_and_serves_metrics(
     proc = spawn(redis_url, tmp_path / "data", WORKER_METRICS_PORT=str(port))
     status = wait_for(
         "a record of every job",
-        lambda: (w := manager.worker_status()).jobs.keys() >= {"dump", "cleanup", "backup"} and w,
+        lambda: (w := manager.worker_status()).jobs.keys() >= {"dump", "cleanup", "backup", "rollup"}
+        and w,
         30,
     )
     assert status.leader is not None

@@ -1,4 +1,5 @@
-"""The worker: one leader (elected by a Redis lease lock) runs cleanup, dump and backup jobs.
+"""The worker: one leader (elected by a Redis lease lock) runs cleanup, dump, backup and rollup
+jobs.
 
 Any number of workers may run. The main thread runs the election: standbys try to take the
 lock whenever the holder's lease would run out; the leader renews it (and the heartbeat)
@@ -43,7 +44,7 @@ from redsession.storage.keys import Keys
 
 log = logging.getLogger(__name__)
 
-JOBS = ("cleanup", "dump", "backup")
+JOBS = ("cleanup", "dump", "backup", "rollup")
 # Back-off after a failed lock call: doubles from here up to the renewal interval.
 _BACKOFF_START = 0.1
 # A standby retries this soon after the holder's lease should have run out.
@@ -115,11 +116,13 @@ class Worker:
             "cleanup": PeriodTrigger(settings.cleanup_interval, settings.job_jitter),
             "dump": PeriodTrigger(settings.dump_interval, settings.job_jitter),
             "backup": PeriodTrigger(settings.backup_interval, settings.job_jitter),
+            "rollup": PeriodTrigger(settings.rollup_interval, settings.job_jitter),
         }
         self._jobs: dict[str, Callable[[], str]] = {
             "cleanup": self.cleanup,
             "dump": self.dump,
             "backup": self.backup,
+            "rollup": lambda: str(self.manager.rollup()),
         }
         self.scheduler = BackgroundScheduler(
             timezone=timezone.utc,
