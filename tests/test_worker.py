@@ -579,10 +579,10 @@ def test_the_leader_records_each_job_and_serves_metrics(
         port = s.getsockname()[1]
     manager.create_session("alice")
     proc = spawn(redis_url, tmp_path / "data", WORKER_METRICS_PORT=str(port))
+    every = {"dump", "cleanup", "backup", "rollup"}
     status = wait_for(
         "a record of every job",
-        lambda: (w := manager.worker_status()).jobs.keys() >= {"dump", "cleanup", "backup", "rollup"}
-        and w,
+        lambda: (w := manager.worker_status()).jobs.keys() >= every and w,
         30,
     )
     assert status.leader is not None

@@ -188,6 +188,11 @@ class Api:
             header = f"Bearer {cookie}"
         return self.tokens.identity(header)
 
+    def caller(self, request: Request) -> Caller | None:
+        """Whom the request acts for; None when it presents no valid token."""
+        who = self.identity(request)
+        return None if who is None else Caller(None if who == ADMIN else who)
+
 
 TOKEN_COOKIE = "redsession_token"
 
@@ -196,20 +201,20 @@ class Unauthorized(Exception):
     pass
 
 
-def _api(request: Request) -> Api:
+def api_of(request: Request) -> Api:
     api: Api = request.app.state.api
     return api
 
 
 def _caller(request: Request) -> Caller:
-    who = _api(request).identity(request)
-    if who is None:
+    caller = api_of(request).caller(request)
+    if caller is None:
         raise Unauthorized
-    return Caller(None if who == ADMIN else who)
+    return caller
 
 
 def _manager(request: Request) -> AsyncSessionManager:
-    return _api(request).manager
+    return api_of(request).manager
 
 
 Who = Annotated[Caller, Depends(_caller)]
@@ -237,6 +242,9 @@ def build_app(manager: AsyncSessionManager, settings: Settings) -> FastAPI:
     app.state.api = Api(manager, settings)
     _handlers(app)
     _routes(app)
+    from redsession.services.dashboard import mount  # it imports this module
+
+    mount(app)
     return app
 
 
@@ -426,7 +434,7 @@ def _routes(app: FastAPI) -> None:
     @app.get("/metrics", include_in_schema=False)
     async def metrics(who: Who, request: Request) -> Response:
         who.admin_only("metrics")
-        api = _api(request)
+        api = api_of(request)
         return Response(await api.metrics.scrape_async(api.manager), media_type=CONTENT_TYPE)
 
 
