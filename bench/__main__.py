@@ -17,7 +17,7 @@ from bench import harness, report, suite
 from bench.harness import FULL, SMOKE
 from bench.ops import OPS
 
-SECTIONS = ("ops", "instructions", "growth", "dump", "memory", "frameworks")
+SECTIONS = ("ops", "instructions", "growth", "dump", "memory", "api", "frameworks")
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench import memory
 
             tables += memory.memory(srv.url, smoke=args.smoke)
+        if "api" in sections:
+            from bench import api
+
+            tables += api.api(srv.url, budget=budget)
         if "frameworks" in sections:
             from bench import frameworks
 
