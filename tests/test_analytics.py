@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pytest
@@ -22,7 +23,15 @@ def known_data(m: SessionManager) -> list[str]:
     return [a1, a2, b1]
 
 
-def test_the_figures_of_today(manager: SessionManager) -> None:
+@pytest.fixture
+def on_both(url: str) -> Iterator[SessionManager]:
+    """A manager on the single server, then on the cluster."""
+    with SessionManager.from_url(url) as m:
+        yield m
+
+
+def test_the_figures_of_today(on_both: SessionManager) -> None:
+    manager = on_both
     known_data(manager)
     report = manager.rollup()
     assert report.events == 7  # 3 creates, 4 logs
@@ -44,7 +53,8 @@ def test_the_figures_of_today(manager: SessionManager) -> None:
     assert a.memory[0].used_memory > 0
 
 
-def test_a_second_run_counts_only_new_events_and_users(manager: SessionManager) -> None:
+def test_a_second_run_counts_only_new_events_and_users(on_both: SessionManager) -> None:
+    manager = on_both
     sids = known_data(manager)
     manager.rollup()
     assert manager.rollup().events == 0
@@ -65,6 +75,20 @@ def test_analytics_read_no_more_than_a_sample(manager: SessionManager) -> None:
     assert a.sampled == 10
     assert sum(a.interactions_per_session.values()) == 10
     assert len(a.days) == 7
+
+
+def test_overview_and_worker_status(on_both: SessionManager) -> None:
+    from redsession.model.models import JobRun
+
+    known_data(on_both)
+    on_both.ping()
+    o = on_both.overview()
+    assert (o.sessions, o.users, o.expiring_24h) == (3, 2, 0)
+    assert o.redis_used_memory > 0
+    assert o.worker.leader is None
+    run = JobRun(job="dump", at=datetime.now(timezone.utc), ok=True, seconds=0.5, outcome="x")
+    on_both.record_job(run)
+    assert on_both.worker_status().jobs == {"dump": run}
 
 
 @pytest.mark.parametrize(

@@ -318,3 +318,16 @@ def test_openapi_schemas_come_from_the_models(api: TestClient) -> None:
     for name in ("Session", "SessionExport", "SessionPage", "Interaction", "Item", "StoreStats"):
         assert name in schemas
     assert "/v1/sessions/{session_id}/merge" in spec["paths"]
+
+
+def test_the_main_endpoints_on_both_backends(make_api: MakeApi, url: str) -> None:
+    api = make_api(url)
+    sid = create(api, "alice")["session_id"]
+    log(api, sid, "one")
+    view = api.get(f"/v1/sessions/{sid}", headers=bearer(ALICE)).json()
+    assert [e["user_message"] for e in view["history"]] == ["one"]
+    with api.stream("GET", "/v1/export", headers=bearer(ADMIN)) as r:
+        assert [orjson.loads(x)["session"]["session_id"] for x in r.iter_lines() if x] == [sid]
+    ready = api.get("/readyz").json()
+    assert ready["redis"] == {"ok": True, "detail": "reachable"}
+    assert "redsession_sessions 1.0" in api.get("/metrics", headers=bearer(ADMIN)).text

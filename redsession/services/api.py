@@ -49,7 +49,6 @@ from redsession.model.models import (
     WorkerStatus,
     utcnow,
 )
-from redsession.model.validation import problems
 from redsession.services.auth import ADMIN, LOOPBACK, Caller, TokenTable
 from redsession.services.metrics import CONTENT_TYPE, Metrics
 
@@ -277,7 +276,7 @@ def _problems(e: RequestValidationError) -> str:
     for err in list(e.errors())[:10]:
         where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
         parts.append(f"{where or 'body'}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts) or problems(e, most=10)  # type: ignore[arg-type]
+    return "; ".join(parts) or "the request does not match the API's schema"
 
 
 def _routes(app: FastAPI) -> None:
