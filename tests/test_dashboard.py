@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import orjson
@@ -21,6 +22,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from redsession import SessionManager
+from redsession.model.models import JobRun
 from tests.conftest import SCREENSHOTS
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -307,6 +309,15 @@ def test_worker_page_and_a_user_token(page: Page, shot: Shot, manager: SessionMa
     login(pg)
     pg.goto("/ui/worker")
     assert "No worker leads" in pg.inner_text("#leader")
+    at = datetime.now(timezone.utc)
+    manager.record_job(JobRun(job="dump", at=at, ok=True, seconds=0.25, outcome="written=3"))
+    manager.record_job(JobRun(job="backup", at=at, ok=False, seconds=0.01, outcome="disk full"))
+    pg.reload()
+    jobs = [r.split("\t") for r in pg.locator("#jobs tbody tr").all_inner_texts()]
+    by_job = {r[0]: r[1:] for r in jobs}
+    assert by_job["dump"][1:] == ["ok", "0.250 s", "written=3"]
+    assert by_job["backup"][1:] == ["failed", "0.010 s", "disk full"]
+    assert by_job["cleanup"] == ["never recorded"]
     shot("worker")
     pg.click("text=Log out")
     login(pg, ALICE)

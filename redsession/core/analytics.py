@@ -12,11 +12,14 @@ import orjson
 
 from redsession.core.base import Core
 from redsession.core.status import DAY_US
+from redsession.errors import InvalidInput
+from redsession.model import validation as check
 from redsession.model.models import Analytics, DayFigures, MemorySample, from_us
 from redsession.storage.commands import Op
 from redsession.storage.rollup import RollupStore
 
 SAMPLE = 200  # sessions read for the distribution and the topics
+MAX_DAYS = 35  # the rollup keeps its day keys this long (storage.rollup.DAY_KEEP)
 TOP_TOPICS = 10
 # Interactions per session: bucket label -> its lowest count (the next label's is its end).
 BUCKETS = (("0", 0), ("1", 1), ("2-5", 2), ("6-10", 6), ("11-20", 11), ("21-50", 21),
@@ -32,6 +35,9 @@ def bucket(total: int) -> str:
 
 
 def analytics(core: Core, days: int = 30, sample: int = SAMPLE) -> Op[Analytics]:
+    for name, v, most in (("days", days, MAX_DAYS), ("sample", sample, 10_000)):
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= most:
+            raise InvalidInput(f"{name} must be an integer from 1 to {most}, not {check.show(v)}")
     store = RollupStore(core.store.keys)
     now = core.now()
     today = from_us(now).date()

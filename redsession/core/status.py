@@ -9,6 +9,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from redsession.core.base import Core
+from redsession.errors import InvalidInput
+from redsession.model import validation as check
 from redsession.model.models import JobRun, Overview, WorkerStatus
 from redsession.storage.commands import Op
 from redsession.storage.status import StatusStore
@@ -23,6 +25,8 @@ def ping(core: Core) -> Op[None]:
 
 
 def record_job(core: Core, run: JobRun) -> Op[None]:
+    if not isinstance(run, JobRun):
+        raise InvalidInput(f"run must be a JobRun, not {check.show(run)}")
     yield from StatusStore(core.store.keys).record_job(run.job, run.model_dump(mode="json"))
 
 
