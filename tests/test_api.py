@@ -13,8 +13,9 @@ from starlette.testclient import TestClient
 from redsession import SessionManager, Settings
 from redsession.async_manager import AsyncSessionManager
 from redsession.errors import RedsessionError
-from redsession.services.api import ERRORS, build_app
+from redsession.services.api import build_app
 from redsession.services.leader import LeaderLock
+from redsession.services.web import ERRORS
 from redsession.storage.keys import Keys
 from tests.conftest import ServerFactory
 

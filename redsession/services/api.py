@@ -5,7 +5,7 @@ parses, calls one manager method and returns a model of redsession.model.models,
 schemas are the OpenAPI spec's. Identities are the MCP server's (services/auth.py): the
 admin token acts for every user, a user's token only for that user's sessions, and another
 user's session answers exactly as a missing one does. Every RedsessionError becomes a
-status and a one-line JSON body (``ERRORS``).
+status and a one-line JSON body (``web.ERRORS``).
 """
 
 from __future__ import annotations
@@ -26,15 +26,7 @@ from redsession import __version__
 from redsession.async_manager import AsyncSessionManager
 from redsession.config import Settings
 from redsession.errors import (
-    ConcurrentModification,
-    ConfigError,
-    CorruptData,
-    DecryptionError,
-    InvalidInput,
-    PayloadTooLarge,
     RedsessionError,
-    SessionExists,
-    SessionMerged,
     SessionNotFound,
     StorageError,
 )
@@ -49,33 +41,15 @@ from redsession.model.models import (
     WorkerStatus,
     utcnow,
 )
-from redsession.services.auth import ADMIN, LOOPBACK, Caller, TokenTable
-from redsession.services.metrics import CONTENT_TYPE, Metrics
+from redsession.services import dashboard
+from redsession.services.auth import LOOPBACK, Caller, TokenTable
+from redsession.services.metrics import CONTENT_TYPE
+from redsession.services.web import HTTP_CODES, Api, api_of, classify, error_response
 
 log = logging.getLogger(__name__)
 
 JsonObject = dict[str, Any]
 MAX_PAGE = 1000  # entries or sessions per response: bounds one reply
-
-# The status of each error, most specific first; the body names the status, never the
-# class, so a PermissionDenied reads exactly as a SessionNotFound.
-ERRORS: tuple[tuple[type[RedsessionError], int, str], ...] = (
-    (PayloadTooLarge, 413, "too_large"),
-    (InvalidInput, 400, "invalid_input"),
-    (SessionMerged, 409, "merged"),
-    (SessionNotFound, 404, "not_found"),  # PermissionDenied too
-    (SessionExists, 409, "exists"),
-    (ConcurrentModification, 409, "conflict"),
-    (StorageError, 503, "unavailable"),  # Redis down, or refusing writes (OOM, replica)
-    (CorruptData, 500, "corrupt_data"),
-    (DecryptionError, 500, "decryption"),
-    (ConfigError, 500, "config"),
-    (RedsessionError, 500, "error"),
-)
-_HTTP = {400: "invalid_input", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-         405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
-         422: "invalid_input"}  # fmt: skip
-
 
 class ErrorBody(BaseModel):
     """Every error response: a code and one line of text."""
@@ -155,54 +129,8 @@ class Readiness(BaseModel):
     worker: Check
 
 
-def error_response(status: int, code: str, message: str, **headers: str) -> JSONResponse:
-    one_line = " ".join(message.split())
-    return JSONResponse({"error": code, "message": one_line}, status, headers=headers or None)
-
-
-def classify(e: RedsessionError) -> tuple[int, str]:
-    for kind, status, code in ERRORS:
-        if isinstance(e, kind):
-            return status, code
-    raise AssertionError("RedsessionError is the last row")  # pragma: no cover
-
-
-class Api:
-    """What every endpoint needs: the manager, the tokens, the metrics."""
-
-    def __init__(self, manager: AsyncSessionManager, settings: Settings) -> None:
-        self.manager = manager
-        self.settings = settings
-        self.tokens = TokenTable.from_settings(settings)
-        self.metrics = Metrics()
-        self.metrics.watch(manager)
-
-    def identity(self, request: Request) -> str | None:
-        """The caller's identity (ADMIN or a user id); None when it presents no valid token.
-        With no token configured (loopback), everyone is admin."""
-        if self.tokens is None:
-            return ADMIN
-        header = request.headers.get("authorization")
-        if header is None and (cookie := request.cookies.get(TOKEN_COOKIE)):
-            header = f"Bearer {cookie}"
-        return self.tokens.identity(header)
-
-    def caller(self, request: Request) -> Caller | None:
-        """Whom the request acts for; None when it presents no valid token."""
-        who = self.identity(request)
-        return None if who is None else Caller(None if who == ADMIN else who)
-
-
-TOKEN_COOKIE = "redsession_token"
-
-
 class Unauthorized(Exception):
     pass
-
-
-def api_of(request: Request) -> Api:
-    api: Api = request.app.state.api
-    return api
 
 
 def _caller(request: Request) -> Caller:
@@ -241,9 +169,7 @@ def build_app(manager: AsyncSessionManager, settings: Settings) -> FastAPI:
     app.state.api = Api(manager, settings)
     _handlers(app)
     _routes(app)
-    from redsession.services.dashboard import mount  # it imports this module
-
-    mount(app)
+    dashboard.mount(app)
     return app
 
 
@@ -261,7 +187,8 @@ def _handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        return error_response(e.status_code, _HTTP.get(e.status_code, "error"), str(e.detail))
+        code = HTTP_CODES.get(e.status_code, "error")
+        return error_response(e.status_code, code, str(e.detail))
 
     @app.exception_handler(Unauthorized)
     async def unauthorized(request: Request, e: Unauthorized) -> JSONResponse:

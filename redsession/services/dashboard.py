@@ -23,8 +23,8 @@ from redsession.errors import InvalidInput, RedsessionError, SessionNotFound
 from redsession.model import validation as check
 from redsession.model.models import Interaction, SessionSummary, item_text, utcnow
 from redsession.services import charts
-from redsession.services.api import TOKEN_COOKIE, api_of, classify
 from redsession.services.auth import Caller
+from redsession.services.web import TOKEN_COOKIE, api_of, classify
 
 PAGE = 20  # sessions per list page, entries per history page
 templates = Jinja2Templates(
