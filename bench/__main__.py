@@ -18,7 +18,7 @@ from bench.harness import FULL, SMOKE
 from bench.ops import OPS
 
 SECTIONS = (
-    "ops", "instructions", "growth", "dump", "mirror", "memory", "writes", "frameworks",
+    "ops", "instructions", "growth", "dump", "mirror", "memory", "writes", "api", "frameworks",
     "checkpoints",
 )
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -119,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench import writes
 
             tables += writes.writes(srv.url, smoke=args.smoke, rounds=budget.rounds)
+        if "api" in sections:
+            from bench import api
+
+            tables += api.api(srv.url, budget=budget)
         if "frameworks" in sections:
             from bench import frameworks
 

@@ -17,11 +17,21 @@ from typing import Any, TypeVar
 import redis.asyncio
 
 from redsession.config import Settings
-from redsession.core import checkpoints, events, history, sessions, stats, transfer
-from redsession.maintenance import cleanup, repair, restore, rotation, snapshots
+from redsession.core import (
+    analytics,
+    checkpoints,
+    events,
+    history,
+    sessions,
+    stats,
+    status,
+    transfer,
+)
+from redsession.maintenance import cleanup, repair, restore, rollup, rotation, snapshots
 from redsession.maintenance.cleanup import CleanupReport
 from redsession.maintenance.repair import RepairReport
 from redsession.maintenance.restore import RestoreReport
+from redsession.maintenance.rollup import RollupReport
 from redsession.maintenance.rotation import RotationReport
 from redsession.maintenance.snapshots import DumpReport, Progress
 from redsession.manager import ManagerBase
@@ -30,14 +40,18 @@ from redsession.mirror.database import Database
 from redsession.mirror.rows import Rows
 from redsession.mirror.run import MirrorReport
 from redsession.model.models import (
+    Analytics,
     EventPage,
     Interaction,
     Item,
+    JobRun,
+    Overview,
     Session,
     SessionExport,
     SessionPage,
     StoreStats,
     UserPage,
+    WorkerStatus,
     utcnow,
 )
 from redsession.storage.checkpoints import Row as CheckpointRow
@@ -50,6 +64,8 @@ T = TypeVar("T")
 
 class AsyncSessionManager(ManagerBase):
     """Sessions in Redis, for asyncio code: the same operations as SessionManager."""
+
+    _driver: AsyncDriver
 
     def __init__(
         self,
@@ -425,6 +441,24 @@ class AsyncSessionManager(ManagerBase):
 
     async def stats(self) -> StoreStats:
         return await self.run(stats.stats(self.core))
+
+    async def ping(self) -> None:
+        await self.run(status.ping(self.core))
+
+    async def worker_status(self) -> WorkerStatus:
+        return await self.run(status.worker_status(self.core))
+
+    async def overview(self) -> Overview:
+        return await self.run(status.overview(self.core))
+
+    async def rollup(self) -> RollupReport:
+        return await self.run(rollup.rollup(self.core))
+
+    async def analytics(self, *, days: int = 30) -> Analytics:
+        return await self.run(analytics.analytics(self.core, days))
+
+    async def record_job(self, run: JobRun) -> None:
+        await self.run(status.record_job(self.core, run))
 
     async def dump_sessions(
         self, data_dir: Path | None = None, *, batch: int = 500, progress: Progress = None

@@ -146,6 +146,16 @@ class Settings(BaseSettings):
     # JSON object of more bearer tokens -> the user id each may act for ("*": admin).
     mcp_tokens_file: Path | None = None
 
+    # The REST API and dashboard (`redsession api`) bind loopback too; they take the MCP
+    # tokens above (one set of identities for every HTTP service).
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8780, ge=0, le=65535)
+    # The worker serves Prometheus /metrics on this loopback port; 0: it serves none.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # The worker folds new events into the per-day analytics this often (the dashboard's
+    # charts are this stale at most).
+    rollup_interval: timedelta = Field(default=timedelta(seconds=60), gt=timedelta(0))
+
     @field_validator("*", mode="before")
     @classmethod
     def _seconds(cls, value: Any, info: ValidationInfo) -> Any:

@@ -11,18 +11,28 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis
 
 from redsession.config import Settings
-from redsession.core import checkpoints, events, history, sessions, stats, transfer
+from redsession.core import (
+    analytics,
+    checkpoints,
+    events,
+    history,
+    sessions,
+    stats,
+    status,
+    transfer,
+)
 from redsession.core.base import Core
 from redsession.errors import ConfigError
-from redsession.maintenance import cleanup, repair, restore, rotation, snapshots
+from redsession.maintenance import cleanup, repair, restore, rollup, rotation, snapshots
 from redsession.maintenance.cleanup import CleanupReport
 from redsession.maintenance.repair import RepairReport
 from redsession.maintenance.restore import RestoreReport
+from redsession.maintenance.rollup import RollupReport
 from redsession.maintenance.rotation import RotationReport
 from redsession.maintenance.snapshots import DumpReport, Progress
 from redsession.mirror import run as mirror
@@ -30,28 +40,38 @@ from redsession.mirror.database import Database
 from redsession.mirror.rows import Rows
 from redsession.mirror.run import MirrorReport
 from redsession.model.models import (
+    Analytics,
     EventPage,
     Interaction,
     Item,
+    JobRun,
+    Overview,
     Session,
     SessionExport,
     SessionPage,
     StoreStats,
     UserPage,
+    WorkerStatus,
     utcnow,
 )
 from redsession.storage.checkpoints import Row as CheckpointRow
 from redsession.storage.commands import Op
 from redsession.storage.connection import sync_client
-from redsession.storage.drivers import Replicas, Retrying, SyncDriver
+from redsession.storage.drivers import Observer, Replicas, Retrying, SyncDriver
 from redsession.storage.keys import Keys
 from redsession.storage.store import Store
 
 T = TypeVar("T")
 
 
+class _Observed(Protocol):
+    observer: Observer | None
+
+
 class ManagerBase:
     """What both managers hold: settings, key names, the core, and the client."""
+
+    _driver: _Observed
 
     def __init__(
         self, client: Any, settings: Settings | None, clock: Callable[[], datetime], cluster: bool
@@ -66,12 +86,23 @@ class ManagerBase:
             raise ConfigError("write_replicas is for one server or Sentinel, not a cluster")
         self.replicas = Replicas(s.write_replicas, int(s.replica_timeout.total_seconds() * 1000))
 
+    @property
+    def observer(self) -> Observer | None:
+        """Called as ``observer(operation, seconds, error)`` after every operation run."""
+        return self._driver.observer
+
+    @observer.setter
+    def observer(self, observer: Observer | None) -> None:
+        self._driver.observer = observer
+
     def _data_dir(self, data_dir: Path | None) -> Path:
         return self.settings.data_dir if data_dir is None else Path(data_dir)
 
 
 class SessionManager(ManagerBase):
     """Sessions in Redis, for synchronous code. Thread-safe (redis-py pools connections)."""
+
+    _driver: SyncDriver
 
     def __init__(
         self,
@@ -509,6 +540,29 @@ class SessionManager(ManagerBase):
 
     def stats(self) -> StoreStats:
         return self.run(stats.stats(self.core))
+
+    def ping(self) -> None:
+        """Returns once Redis answers (every primary of a cluster); raises StorageUnavailable."""
+        self.run(status.ping(self.core))
+
+    def worker_status(self) -> WorkerStatus:
+        """The worker leader (from its heartbeat) and the last run of each worker job."""
+        return self.run(status.worker_status(self.core))
+
+    def overview(self) -> Overview:
+        """Sessions, users, memory, expiring soon and the worker: O(1), for dashboards."""
+        return self.run(status.overview(self.core))
+
+    def rollup(self) -> RollupReport:
+        """Fold the events since the last run into the per-day analytics (a worker job)."""
+        return self.run(rollup.rollup(self.core))
+
+    def analytics(self, *, days: int = 30) -> Analytics:
+        """Per-day figures of the last ``days`` days, and the shape of a sample of sessions."""
+        return self.run(analytics.analytics(self.core, days))
+
+    def record_job(self, run: JobRun) -> None:
+        self.run(status.record_job(self.core, run))
 
     def dump_sessions(
         self, data_dir: Path | None = None, *, batch: int = 500, progress: Progress = None

@@ -7,6 +7,7 @@ tests/topology.py adds the session's Redis Cluster (``redis_cluster``) and ``bac
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,15 @@ from redsession.storage.commands import Cmd, Eval, Script
 pytest_plugins = ["tests.topology", "tests.postgres"]
 
 ServerFactory = Callable[..., RedisServer]
+# Where this run's browser tests put their screenshots (gitignored); named in the summary.
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-screenshots" / time.strftime(
+    "%Y%m%d-%H%M%S", time.gmtime()
+)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if SCREENSHOTS.is_dir():
+        terminalreporter.write_line(f"screenshots of this run: {SCREENSHOTS}")
 
 
 @pytest.fixture

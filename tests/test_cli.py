@@ -644,16 +644,17 @@ def test_mcp_passes_its_options(invoke: Any, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_up_passes_its_options(invoke: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[int | None] = []
+    calls: list[tuple[int | None, int | None]] = []
 
-    def run(settings: Settings, *, mcp_port: int | None = None) -> int:
-        calls.append(mcp_port)
+    def run(settings: Settings, *, mcp_port: int | None = None, api_port: int | None = None) -> int:
+        calls.append((mcp_port, api_port))
         return 0
 
     monkeypatch.setattr("redsession.services.up.run_up", run)
     assert invoke("up").exit_code == 0
     assert invoke("up", "--mcp-port", "8999").exit_code == 0
-    assert calls == [None, 8999]
+    assert invoke("up", "--api-port", "8998").exit_code == 0
+    assert calls == [(None, None), (8999, None), (None, 8998)]
 
 
 def test_version() -> None:

@@ -250,6 +250,12 @@ def _calls(sids: list[str]) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
         "cleanup_expired_sessions": fb({}, optional={"dry_run": st.booleans()}),
         "cleanup": fb({}, optional={"dry_run": st.booleans()}),
         "stats": fb({}),
+        "overview": fb({}),
+        "ping": fb({}),
+        "worker_status": fb({}),
+        "record_job": fb({"run": anything}),
+        "rollup": fb({}),
+        "analytics": fb({}, optional={"days": count}),
         "dump_sessions": fb({}, optional={"batch": count}),
         "restore_sessions": fb({}, optional={"overwrite_older": st.booleans()}),
         "rotate_keys": fb({}),
@@ -625,11 +631,11 @@ def test_dump_and_restore_write_nothing_outside_data_dir(
 
 # -- the CLI -------------------------------------------------------------------------------
 
-# Commands that return; server, worker (without --check), mcp and up run until a signal.
+# Commands that return; server, worker (without --check), mcp, api and up run until a signal.
 CLI_COMMANDS = ["list", "show", "export", "import", "merge", "delete", "cleanup", "dump",
                 "restore", "stats", "version", "repair-index", "rotate-keys",
                 "events", "sql"]  # fmt: skip  (never --follow here: it runs until Ctrl-C)
-CLI_SERVICES = ["server", "worker", "mcp", "up"]
+CLI_SERVICES = ["server", "worker", "mcp", "api", "up"]
 CLI_OPTIONS = ["--user", "--limit", "--cursor", "--history", "--all", "-o", "--output",
                "--overwrite", "-y", "--yes", "--allow-cross-user", "--dry-run", "--from",
                "--json", "--check", "--port", "--after", "--kind", "--sql-url", "-p",

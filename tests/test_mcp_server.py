@@ -803,3 +803,27 @@ def test_a_bad_tokens_file_is_a_config_error(tmp_path: Path) -> None:
             TokenTable.from_settings(Settings(mcp_tokens_file=f))
     with pytest.raises(ConfigError):
         TokenTable.from_settings(Settings(mcp_tokens_file=tmp_path / "missing.json"))
+
+
+async def test_http_serves_the_shared_metrics(token_url: str) -> None:
+    metrics_url = token_url.removesuffix("/mcp") + "/metrics"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    logged = 'redsession_operations_total{operation="log_interaction"} '
+
+    async def scrape() -> str:
+        async with httpx2.AsyncClient(timeout=TIMEOUT) as http:
+            assert (await http.get(metrics_url)).status_code == 401
+            return (await http.get(metrics_url, headers=auth)).text
+
+    def count(text: str) -> float:
+        line = next((x for x in text.splitlines() if x.startswith(logged)), logged + "0")
+        return float(line.removeprefix(logged))
+
+    before = count(await scrape())  # the server is shared by this module's tests
+    async with http_mcp(token_url, token=TOKEN) as s:
+        sid = await start(s)
+        await ok(s, "log_interaction", {"session_id": sid, "user_message": "hi"})
+    text = await scrape()
+    assert count(text) == before + 1
+    assert "redsession_redis_up 1.0" in text
+    assert "redsession_sessions " in text

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.fernet import Fernet
 
@@ -38,13 +39,13 @@ def _wait_for_port(port: int, timeout: float = 30.0) -> None:
             time.sleep(0.1)
 
 
-def _up(data_dir: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _up(data_dir: Path, port: int, api_port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("REDSESSION_")}
     if "REDSESSION_SERVER_BIN" in os.environ:
         clean["REDSESSION_SERVER_BIN"] = os.environ["REDSESSION_SERVER_BIN"]
     return subprocess.Popen(
         [sys.executable, "-m", "redsession", "--data-dir", str(data_dir), "up",
-         "--mcp-port", str(port)],
+         "--mcp-port", str(port), "--api-port", str(api_port)],
         env={**clean, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -52,8 +53,8 @@ def _up(data_dir: Path, port: int, env: dict[str, str]) -> subprocess.Popen[byte
 
 class Up:
     def __init__(self, data_dir: Path, **env: str) -> None:
-        self.port = _free_port()
-        self.proc = _up(data_dir, self.port, env)
+        self.port, self.api_port = _free_port(), _free_port()
+        self.proc = _up(data_dir, self.port, self.api_port, env)
         self.lines: list[str] = []
         assert self.proc.stdout is not None
         while not self.lines or not self.lines[-1].startswith("Ctrl-C stops everything"):
@@ -93,6 +94,11 @@ def test_sessions_survive_ctrl_c_and_a_fresh_up(tmp_path: Path) -> None:
             sid = m.create_session("alice", context={"plan": 1}).session_id
             for n in range(5):
                 m.log_interaction(sid, user_message=f"m{n}")
+        api = f"http://127.0.0.1:{first.api_port}"
+        assert f"{api}/v1" in out
+        _wait_for_port(first.api_port)
+        listed = httpx.get(f"{api}/v1/sessions", timeout=10).json()["sessions"]
+        assert [x["session_id"] for x in listed] == [sid]
     finally:
         rest = first.interrupt()
     assert "stopped." in rest
@@ -144,7 +150,7 @@ def test_up_stops_before_restoring_into_a_misconfigured_store(
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
     lines: list[str] = []
-    with _up(data_dir, _free_port(), {"REDSESSION_ENCRYPTION_KEYS": keys}) as proc:
+    with _up(data_dir, _free_port(), _free_port(), {"REDSESSION_ENCRYPTION_KEYS": keys}) as proc:
         assert proc.stdout is not None
         while line := proc.stdout.readline().decode():
             lines.append(line)

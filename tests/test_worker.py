@@ -5,10 +5,12 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
@@ -66,10 +68,12 @@ FAST = {
     "DUMP_INTERVAL": "PT1S",
     "CLEANUP_INTERVAL": "PT1S",
     "BACKUP_INTERVAL": "PT2S",
+    "ROLLUP_INTERVAL": "PT1S",
     "JOB_JITTER": "PT0.3S",
 }
 DAY = "P1D"
-SLOW_JOBS = {"CLEANUP_INTERVAL": DAY, "BACKUP_INTERVAL": DAY, "JOB_JITTER": "PT0S"}
+SLOW_JOBS = {"CLEANUP_INTERVAL": DAY, "BACKUP_INTERVAL": DAY, "ROLLUP_INTERVAL": DAY,
+             "JOB_JITTER": "PT0S"}  # fmt: skip
 
 
 def wait_for(what: str, pred: Callable[[], Any], timeout: float = 20.0) -> Any:
@@ -268,6 +272,7 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
         dump_interval=timedelta(days=1),
         cleanup_interval=timedelta(days=1),
         backup_interval=timedelta(days=1),
+        rollup_interval=timedelta(days=1),
     )
 
 
@@ -382,7 +387,7 @@ def test_each_job_runs_once_per_period(
     runs = job_runs(procs)
     assert {pid for pid, _, _ in runs} == {leader}
     periods = assert_once_per_period(runs)
-    assert set(periods) == {"dump", "cleanup", "backup"}
+    assert set(periods) == {"dump", "cleanup", "backup", "rollup"}
     for job, ps in periods.items():
         # One leader throughout: every period from its first run to its last, none missed.
         assert sorted(ps) == list(range(min(ps), max(ps) + 1)), job
@@ -564,3 +569,46 @@ def _split(replies: list[Any], indexes: int, users: int) -> list[Any]:
         replies[indexes : indexes + users],
         replies[indexes + users :],
     ]
+
+
+def test_the_leader_records_each_job_and_serves_metrics(
+    redis_url: str, tmp_path: Path, spawn: Callable[..., Proc], manager: SessionManager
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manager.create_session("alice")
+    proc = spawn(redis_url, tmp_path / "data", WORKER_METRICS_PORT=str(port))
+    every = {"dump", "cleanup", "backup", "rollup"}
+    status = wait_for(
+        "a record of every job",
+        lambda: (w := manager.worker_status()).jobs.keys() >= every and w,
+        30,
+    )
+    assert status.leader is not None
+    assert status.pid == proc.pid
+    assert all(run.ok for run in status.jobs.values())
+    assert status.jobs["dump"].outcome.startswith("written=")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert 'redsession_worker_job_ok{job="dump"} 1.0' in text
+    assert 'redsession_worker_job_age_seconds{job="backup"}' in text
+    assert 'redsession_operations_total{operation="dump_sessions"}' in text
+    assert "redsession_worker_leader_alive 1.0" in text
+    assert proc.term() == 0
+
+
+def test_a_failed_job_is_recorded_with_its_reason(
+    settings: Settings, tmp_path: Path, manager: SessionManager
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sessions").symlink_to(tmp_path)  # the dump refuses to write through it
+    s = settings.model_copy(update={"data_dir": data})
+    worker = Worker(s, SessionManager(manager.client, s), bgsave=False)
+    assert worker.lock.acquire()
+    worker._run_job("dump")
+    run = manager.worker_status().jobs["dump"]
+    assert not run.ok
+    assert "symlink" in run.outcome
+    worker.lock.release()

@@ -105,6 +105,7 @@ for _command in (
     services.server,
     services.worker,
     services.mcp,
+    services.api,
     services.up,
     services.version,
 ):

@@ -114,18 +114,34 @@ def mcp(transport: Literal["stdio", "http"], host: str | None, port: int | None)
         signal.signal(signal.SIGTERM, previous)
 
 
+@click.command()
+@click.option("--host", help="Listen here [default: REDSESSION_API_HOST, 127.0.0.1].")
+@click.option("--port", type=Port, help="Listen here [default: REDSESSION_API_PORT, 8780].")
+def api(host: str | None, port: int | None) -> None:
+    """Serve the REST API, /metrics and the dashboard (/ui) over HTTP."""
+    from redsession.services.api import run_api
+
+    previous = signal.signal(signal.SIGTERM, _exit_cleanly)  # as for mcp: a stop exits 0
+    try:
+        run_api(get_state().settings(), host, port)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
 @click.command()
 @click.option("--mcp-port", type=Port, help="Serve MCP over HTTP on this port too.")
+@click.option("--api-port", type=Port, help="Serve the REST API and dashboard on this port.")
 @click.pass_context
-def up(ctx: click.Context, mcp_port: int | None) -> None:
-    """Everything in one: the embedded server (unless --redis-url), the worker and MCP."""
+def up(ctx: click.Context, mcp_port: int | None, api_port: int | None) -> None:
+    """Everything in one: the embedded server (unless --redis-url), the worker, MCP and
+    the REST API with its dashboard."""
     from redsession.services.up import run_up
 
-    ctx.exit(run_up(get_state().settings(), mcp_port=mcp_port))
+    ctx.exit(run_up(get_state().settings(), mcp_port=mcp_port, api_port=api_port))
 
 
 @click.command()

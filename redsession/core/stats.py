@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from redsession.core.base import Core
 from redsession.core.sessions import session_walk
+from redsession.core.status import DAY_US
 from redsession.model.models import StoreStats, from_us
 from redsession.storage.commands import Op
-
-_DAY_US = 86_400_000_000
 
 
 def stats(core: Core) -> Op[StoreStats]:
@@ -16,7 +15,7 @@ def stats(core: Core) -> Op[StoreStats]:
     while not walk.done:  # O(sessions): stats reads them all by nature
         total += yield from core.store.totals((yield from walk.next_page()))
     now = core.now()
-    expiring = yield from core.store.upkeep.count_expiring(now, now + _DAY_US)
+    expiring = yield from core.store.upkeep.count_expiring(now, now + DAY_US)
     events, dead = yield from core.store.stream.counts()
     return StoreStats(
         sessions=n_s, users=n_u, interactions=total, redis_used_memory=memory,

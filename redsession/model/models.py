@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -263,3 +263,61 @@ class EventPage(_Model):
 
     events: list[Event]
     after: str | None = None
+
+
+class JobRun(_Model):
+    """The last run of one worker job, as the worker recorded it."""
+
+    job: str
+    at: AwareDatetime
+    ok: bool
+    seconds: float
+    outcome: str  # what it did, or why it failed
+
+
+class WorkerStatus(_Model):
+    """Who leads the workers (from its heartbeat, None when no leader lives) and the last
+    run of each job."""
+
+    leader: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    heartbeat_at: AwareDatetime | None = None
+    jobs: dict[str, JobRun] = Field(default_factory=dict)
+
+
+class Overview(_Model):
+    """Figures every service reports (/metrics, the dashboard), each O(1) to read."""
+
+    sessions: int
+    users: int
+    redis_used_memory: int
+    expiring_24h: int
+    worker: WorkerStatus
+
+
+class DayFigures(_Model):
+    """One UTC day of the analytics rollup."""
+
+    day: date
+    active_sessions: int  # HyperLogLog estimates: exact to ~1 % at any size
+    active_users: int
+    new_users: int  # met for the first time that day; the rest of active_users returned
+    interactions: int
+    created: int
+
+
+class MemorySample(_Model):
+    at: AwareDatetime  # the hour the sample belongs to
+    used_memory: int
+
+
+class Analytics(_Model):
+    """The dashboard's analytics: per-day figures from the rollup, and shapes from a sample."""
+
+    days: list[DayFigures] = Field(description="Oldest first, one per day.")
+    memory: list[MemorySample] = Field(description="Redis used_memory, one per hour sampled.")
+    sampled: int = Field(description="How many live sessions the distribution and topics read.")
+    interactions_per_session: dict[str, int] = Field(description="Bucket -> sessions.")
+    top_topics: list[tuple[str, int]] = Field(description="(topic, sessions), most first.")
+    expiring_24h: int

@@ -21,6 +21,8 @@ from redsession.errors import ConfigError, InvalidInput, PermissionDenied
 from redsession.model import validation as check
 
 ADMIN = "*"
+# Without a token, the HTTP services are meant for this machine only.
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class TokenTable:

@@ -31,12 +31,11 @@ from redsession.model.models import (
     SessionPage,
 )
 from redsession.model.validation import problems
-from redsession.services.auth import BearerAuth, Caller, TokenTable, caller
+from redsession.services.auth import LOOPBACK, BearerAuth, Caller, TokenTable, caller
 from redsession.storage.connection import async_client
 
 logger = logging.getLogger(__name__)
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 HTTP_PATH = "/mcp"
 MAX_HISTORY = 1000  # bounds one get_session_context reply; a model's context is small anyway
 
@@ -351,6 +350,7 @@ async def _serve(
         else:
             await _serve_http(
                 server,
+                manager,
                 settings,
                 settings.mcp_host if host is None else host,
                 settings.mcp_port if port is None else port,
@@ -361,13 +361,32 @@ async def _serve(
 
 
 async def _serve_http(
-    server: RedsessionMCP, settings: Settings, host: str, port: int, tokens: TokenTable | None
+    server: RedsessionMCP,
+    manager: AsyncSessionManager,
+    settings: Settings,
+    host: str,
+    port: int,
+    tokens: TokenTable | None,
 ) -> None:
     import uvicorn  # only HTTP needs it; stdio servers start faster without
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
 
-    app: ASGIApp = server.streamable_http_app(
+    from redsession.services.metrics import CONTENT_TYPE, Metrics
+
+    metrics = Metrics()
+    metrics.watch(manager)
+
+    async def scrape(request: Request) -> Response:
+        return Response(await metrics.scrape_async(manager), media_type=CONTENT_TYPE)
+
+    http = server.streamable_http_app(
         streamable_http_path=HTTP_PATH, host=host, max_request_body_size=_max_body(settings)
     )
+    # Behind the same bearer check as the tools, like the REST API's /metrics.
+    http.router.routes.append(Route("/metrics", scrape, methods=["GET"]))
+    app: ASGIApp = http
     if tokens is not None:
         app = BearerAuth(app, tokens)
     elif host not in LOOPBACK:

@@ -1,5 +1,5 @@
-"""`redsession up`: the embedded server (unless REDSESSION_REDIS_URL is set), the worker and
-the MCP server over streamable HTTP, started together and stopped together."""
+"""`redsession up`: the embedded server (unless REDSESSION_REDIS_URL is set), the worker, the
+MCP server over streamable HTTP and the REST API, started together and stopped together."""
 
 from __future__ import annotations
 
@@ -62,7 +62,9 @@ def _final_dump(settings: Settings) -> None:
     print(f"dump    {report}", flush=True)
 
 
-def run_up(settings: Settings, *, mcp_port: int | None = None) -> int:
+def run_up(
+    settings: Settings, *, mcp_port: int | None = None, api_port: int | None = None
+) -> int:
     """Run everything until SIGINT/SIGTERM; returns the exit code."""
     data_dir = Path(settings.data_dir).resolve()
     server: RedisServer | None = None
@@ -106,6 +108,10 @@ def run_up(settings: Settings, *, mcp_port: int | None = None) -> int:
             f'{{"url": "{endpoint}"}}}}}}',
             flush=True,
         )
+        api = settings.api_port if api_port is None else api_port
+        children["api"] = _child(["api", "--port", str(api)], env)
+        print(f"api     http://{settings.api_host}:{api}/v1  (REST; dashboard at /ui, "
+              f"metrics at /metrics)", flush=True)  # fmt: skip
         print("Ctrl-C stops everything.", flush=True)
         while True:
             for name, proc in children.items():
@@ -119,7 +125,7 @@ def run_up(settings: Settings, *, mcp_port: int | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for name in ("mcp", "worker"):
+        for name in ("api", "mcp", "worker"):
             if name in children:
                 _stop_child(name, children[name])
         if settings.redis_url is not None and (server is None or server.running):

@@ -1,5 +1,5 @@
-"""The worker: one leader (elected by a Redis lease lock) runs cleanup, dump, backup and the
-SQL mirror.
+"""The worker: one leader (elected by a Redis lease lock) runs cleanup, dump, backup, the
+SQL mirror and the analytics rollup.
 
 Any number of workers may run. The main thread runs the election: standbys try to take the
 lock whenever the holder's lease would run out; the leader renews it (and the heartbeat)
@@ -38,6 +38,7 @@ from redsession.errors import ConfigError, RedsessionError, SqlError, StorageUna
 from redsession.maintenance.backup import run_backup
 from redsession.manager import SessionManager
 from redsession.mirror.database import Database
+from redsession.model.models import JobRun
 from redsession.services.leader import LeaderLock, read_heartbeat
 from redsession.services.webhooks import WebhookDelivery
 from redsession.storage.connection import sync_client
@@ -45,7 +46,7 @@ from redsession.storage.keys import Keys
 
 log = logging.getLogger(__name__)
 
-JOBS = ("cleanup", "dump", "backup", "mirror")
+JOBS = ("cleanup", "dump", "backup", "mirror", "rollup")
 # Back-off after a failed lock call: doubles from here up to the renewal interval.
 _BACKOFF_START = 0.1
 # A standby retries this soon after the holder's lease should have run out.
@@ -121,12 +122,14 @@ class Worker:
             "dump": PeriodTrigger(settings.dump_interval, settings.job_jitter),
             "backup": PeriodTrigger(settings.backup_interval, settings.job_jitter),
             "mirror": PeriodTrigger(settings.sql_interval, settings.job_jitter),
+            "rollup": PeriodTrigger(settings.rollup_interval, settings.job_jitter),
         }
         self._jobs: dict[str, Callable[[], str]] = {
             "cleanup": self.cleanup,
             "dump": self.dump,
             "backup": self.backup,
             "mirror": self.mirror,
+            "rollup": lambda: str(self.manager.rollup()),
         }
         self.jobs = tuple(j for j in JOBS if j != "mirror" or settings.sql_mirror)
         self.database: Database | None = None
@@ -269,22 +272,33 @@ class Worker:
         with self._job_lock:
             if self.stopping or not self.lock.held:
                 return  # queued before shutdown or step-down: this run is not ours any more
-            period = self.triggers[name].period(datetime.now(timezone.utc))
+            at = datetime.now(timezone.utc)
+            period = self.triggers[name].period(at)
             start = time.monotonic()
             try:
                 outcome = self._jobs[name]()
             except StorageUnavailable as e:
                 log.warning("job %s period %d: Redis unavailable, retried next period: %s",
                             name, period, e)  # fmt: skip
-                return
+                return  # nowhere to record it: the record lives in Redis
             except _LeaseLost:
                 log.warning("job %s period %d: stopped, the lease was lost", name, period)
                 return
             except RedsessionError as e:  # e.g. a symlink planted in data_dir: said, not raised
                 log.error("job %s period %d failed: %s", name, period, e)
+                self._record(name, at, start, False, str(e))
                 return
             log.info("job %s period %d done in %.3fs: %s",
                      name, period, time.monotonic() - start, outcome)  # fmt: skip
+            self._record(name, at, start, True, outcome)
+
+    def _record(self, name: str, at: datetime, start: float, ok: bool, outcome: str) -> None:
+        """Keep the run where the dashboard and /metrics read it; a failure to is logged."""
+        run = JobRun(job=name, at=at, ok=ok, seconds=time.monotonic() - start, outcome=outcome)
+        try:
+            self.manager.record_job(run)
+        except RedsessionError as e:
+            log.warning("could not record the run of job %s: %s", name, e)
 
     def _run_restore(self) -> None:
         with self._job_lock:
@@ -378,6 +392,13 @@ def run_worker(settings: Settings, *, bgsave: bool = True, restore: bool = True)
     """
     manager = SessionManager(sync_client(None, settings), settings)
     worker = Worker(settings, manager, bgsave=bgsave, restore=restore)
+    exporter = None
+    if settings.worker_metrics_port:
+        from redsession.services.metrics import Metrics, serve_sync
+
+        metrics = Metrics()
+        metrics.watch(manager)
+        exporter = serve_sync(metrics, manager, settings.api_host, settings.worker_metrics_port)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if worker.stopping:
@@ -397,5 +418,7 @@ def run_worker(settings: Settings, *, bgsave: bool = True, restore: bool = True)
             signal.signal(sig, handler)
         if worker.database is not None:
             worker.database.close()
+        if exporter is not None:
+            exporter.shutdown()
         manager.close()
     return 0

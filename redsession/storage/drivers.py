@@ -38,6 +38,8 @@ from redsession.errors import CorruptData, StorageError, StorageUnavailable
 from redsession.storage.commands import Arg, Cmd, Eval, OnEachPrimary, Op, Reply, Scan, T
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
+# Told of each operation run: its name (the generator's), seconds taken, the error or None.
+Observer = Callable[[str, float, BaseException | None], None]
 
 
 # What a retry can cure: the connection broke or timed out, or the server is in a failover
@@ -147,6 +149,10 @@ def _error(e: RedisError | UnicodeDecodeError) -> StorageError | CorruptData:
     return StorageError(f"Redis refused the command: {e}")
 
 
+def _name(op: Op[Any]) -> str:
+    return getattr(op, "__name__", "operation")  # a generator's: its function's name
+
+
 def _evalsha_args(cmd: Eval) -> tuple[Arg, ...]:
     return (cmd.script.sha, len(cmd.keys), *cmd.keys, *cmd.args)
 
@@ -163,8 +169,21 @@ class SyncDriver:
         self.client = client
         self.retrying = retrying
         self.replicas = replicas
+        self.observer: Observer | None = None
 
     def run(self, op: Op[T]) -> T:
+        if self.observer is None:
+            return self._run(op)
+        start, error = time.perf_counter(), None
+        try:
+            return self._run(op)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            self.observer(_name(op), time.perf_counter() - start, error)
+
+    def _run(self, op: Op[T]) -> T:
         started = 0.0  # when a command of the operation first failed
         try:
             cmd = next(op)
@@ -258,6 +277,7 @@ class AsyncDriver:
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        self.observer: Observer | None = None
 
     def client_for_loop(self) -> AsyncClient:
         """The client of the running event loop."""
@@ -292,6 +312,18 @@ class AsyncDriver:
         await client.aclose()
 
     async def run(self, op: Op[T]) -> T:
+        if self.observer is None:
+            return await self._run(op)
+        start, error = time.perf_counter(), None
+        try:
+            return await self._run(op)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            self.observer(_name(op), time.perf_counter() - start, error)
+
+    async def _run(self, op: Op[T]) -> T:
         client = self.client_for_loop()
         started = 0.0  # when a command of the operation first failed
         try:

@@ -176,6 +176,34 @@ class Keys:
     def worker_heartbeat(self) -> str:
         return f"{self.prefix}:worker:hb"
 
+    @property
+    def worker_jobs(self) -> str:
+        """HASH job name -> JSON of its last run (when, whether it worked, what it did)."""
+        return f"{self.prefix}:worker:jobs"
+
+    # The analytics rollup (maintenance/rollup.py): figures per UTC day, from the event stream.
+    @property
+    def rollup_cursor(self) -> str:
+        """STRING: the id of the last event the rollup has counted."""
+        return f"{self.prefix}:rollup:cursor"
+
+    @property
+    def rollup_seen_users(self) -> str:
+        """SET of every user the rollup has met: tells a new user from a returning one."""
+        return f"{self.prefix}:rollup:users"
+
+    def rollup_day(self, day: str) -> str:
+        """HASH of one day's counters (interactions, new users, memory by hour)."""
+        return f"{self.prefix}:rollup:day:{day}"
+
+    def rollup_day_sessions(self, day: str) -> str:
+        """HyperLogLog of the sessions active on one day."""
+        return f"{self.prefix}:rollup:day:{day}:sessions"
+
+    def rollup_day_users(self, day: str) -> str:
+        """HyperLogLog of the users active on one day."""
+        return f"{self.prefix}:rollup:day:{day}:users"
+
 
 def expiry_member(sid: str, uid: str) -> str:
     """The expiry index member: session ids have no ':', so the first ':' splits it."""
