@@ -330,3 +330,18 @@ def test_events_come_in_time_order_across_sessions(m: SessionManager) -> None:
     got = _all(m)
     assert [e.session_id for e in got if e.kind == "log"] == sids
     assert [e.time for e in got] == sorted(e.time for e in got)
+
+
+def test_every_kind_a_script_writes_is_a_known_kind() -> None:
+    # A kind missing from EVENT_KINDS could not be asked for (events(kinds=...), --kind).
+    import re
+
+    from redsession.model.models import EVENT_KINDS
+    from redsession.storage import checkpoints, scripts, store
+
+    written: set[str] = set()
+    for module in (scripts, checkpoints, store):
+        source = Path(module.__file__ or "").read_text("utf-8")
+        written |= set(re.findall(r"""event\(['"]([a-z]+)['"]""", source))
+    assert written  # the pattern still finds the scripts' events
+    assert written <= set(EVENT_KINDS), written - set(EVENT_KINDS)

@@ -502,7 +502,7 @@ def test_the_default_database_is_sqlite_in_the_data_dir(
     assert (tmp_path / "sessions.sqlite3").is_file()
     worker.database.close()
     off = make_manager(data_dir=tmp_path / "off", sql_mirror=False)
-    assert Worker(off.settings, off).jobs == ("cleanup", "dump", "backup")
+    assert Worker(off.settings, off).jobs == ("cleanup", "dump", "backup", "rollup")
     assert not (tmp_path / "off" / "sessions.sqlite3").exists()
 
 

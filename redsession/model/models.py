@@ -231,11 +231,11 @@ class StoreStats(_Model):
     webhook_dead_letters: int = 0
 
 
-# What the write scripts put on the event stream (storage/scripts.py); "expire" comes from
-# cleanup, "resume" only with Settings.events_resume.
+# What the write scripts put on the event stream (storage/scripts.py, checkpoints.py);
+# "expire" comes from cleanup, "resume" only with Settings.events_resume.
 EVENT_KINDS = (
-    "create", "log", "history", "context", "delete", "merge", "import", "restore", "rotate",
-    "expire", "resume",
+    "create", "log", "history", "context", "prefs", "side", "delete", "merge", "import",
+    "restore", "rotate", "expire", "resume",
 )  # fmt: skip
 
 
