@@ -157,6 +157,24 @@ def _evalsha_args(cmd: Eval) -> tuple[Arg, ...]:
     return (cmd.script.sha, len(cmd.keys), *cmd.keys, *cmd.args)
 
 
+def _direct_pool(client: object) -> Any:
+    """The pool of a client on one server (or Sentinel's master), whose scripts the driver
+    sends straight down a pooled connection; None for a cluster or a single-connection
+    client, which keep redis-py's command path.
+
+    redis-py's command path wraps each command in its own retry loop and observability
+    records, which cost more per call than the script's own client work; the driver retries
+    on its own (Retrying), and the connection still disconnects on any error as redis-py's
+    does (Connection.send_packed_command and read_response), so the pool never gets back a
+    connection with a reply half read.
+    """
+    if isinstance(client, redis.Redis) and client.connection is None:
+        return client.connection_pool
+    if isinstance(client, redis.asyncio.Redis) and not client.single_connection_client:
+        return client.connection_pool
+    return None
+
+
 class SyncDriver:
     """Runs store operations on a redis-py client (standalone or cluster)."""
 
@@ -170,6 +188,7 @@ class SyncDriver:
         self.retrying = retrying
         self.replicas = replicas
         self.observer: Observer | None = None
+        self._pool = _direct_pool(client)
 
     def run(self, op: Op[T]) -> T:
         if self.observer is None:
@@ -226,7 +245,15 @@ class SyncDriver:
     def _eval(self, cmd: Eval) -> Reply:
         r = self.replicas
         if not (r.count and cmd.script.writes):
-            return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+            pool = self._pool
+            if pool is None:
+                return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+            conn = pool.get_connection()
+            try:
+                conn.send_packed_command(conn.pack_command("EVALSHA", *_evalsha_args(cmd)))
+                return conn.read_response()
+            finally:
+                pool.release(conn)
         pipe = self.client.pipeline(transaction=False)
         pipe.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
         pipe.execute_command("WAIT", r.count, r.timeout_ms)
@@ -371,7 +398,15 @@ class AsyncDriver:
     async def _eval(self, client: AsyncClient, cmd: Eval) -> Reply:
         r = self.replicas
         if not (r.count and cmd.script.writes):
-            return await client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+            pool = _direct_pool(client)  # per call: a loop of its own has a client of its own
+            if pool is None:
+                return await client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+            conn = await pool.get_connection()
+            try:
+                await conn.send_packed_command(conn.pack_command("EVALSHA", *_evalsha_args(cmd)))
+                return await conn.read_response()
+            finally:
+                await pool.release(conn)
         pipe = client.pipeline(transaction=False)
         pipe.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
         pipe.execute_command("WAIT", r.count, r.timeout_ms)
