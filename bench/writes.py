@@ -62,8 +62,9 @@ def writes(url: str, *, smoke: bool, rounds: int) -> list[Table]:
 
             per[v].append(_usec_per_evalsha(admin, run))
     keys = managers[VARIANTS[0]].keys
-    ops_bytes = admin.memory_usage(keys.ops(sids[VARIANTS[0]]), samples=0) or 0
-    ops_count = admin.hlen(keys.ops(sids[VARIANTS[0]]))
+    ops_key = keys.ops(sids[VARIANTS[0]])
+    ops_bytes = sum(admin.memory_usage(k, samples=0) or 0 for k in (ops_key, ops_key + ":old"))
+    ops_count = admin.hlen(ops_key) + admin.hlen(ops_key + ":old")
     stream_len = admin.xlen(keys.events)
     stream_bytes = admin.memory_usage(keys.events, samples=0) or 0
     for m in managers.values():
@@ -84,8 +85,8 @@ def writes(url: str, *, smoke: bool, rounds: int) -> list[Table]:
         "interleaved; the ops hash and the stream as left by the shipped variant"
     )
     t.notes.append(
-        f"memory: the session's ops hash holds {ops_count} operation ids in "
-        f"{ops_bytes:,} bytes (at most 256 ids, for Settings.op_window); the event stream "
+        f"memory: the session's ops hashes hold {ops_count} operation ids in "
+        f"{ops_bytes:,} bytes, in two generations (at most 256 ids); the event stream "
         f"{stream_len:,} entries in {stream_bytes:,} bytes "
         f"({stream_bytes / max(stream_len, 1):.0f} bytes per event)"
     )

@@ -75,8 +75,9 @@ class Settings(BaseSettings):
     # retry_deadline. 0: acknowledged when the master applied it. One server or Sentinel.
     write_replicas: int = Field(default=0, ge=0)
     replica_timeout: timedelta = Field(default=timedelta(seconds=1), gt=timedelta(0))
-    # A session remembers the operation ids (and first replies) of its writes this long, so a
-    # retry arriving later than this may apply again. Longer than any retry_deadline.
+    # A session remembers the operation ids (and first replies) of its writes this long (or
+    # its last 128 writes, if more came in that time: storage/scripts.py once()), so a retry
+    # arriving later than this may apply again. Longer than any retry_deadline.
     op_window: timedelta = Field(default=timedelta(minutes=10), gt=timedelta(0))
     # The event stream keeps about this many events (XADD MAXLEN ~); 0: write no events.
     events_maxlen: int = Field(default=100_000, ge=0)

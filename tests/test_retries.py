@@ -19,6 +19,7 @@ import redis
 
 from redsession import InvalidInput, SessionManager
 from redsession.services.embedded import RedisServer
+from redsession.storage.scripts import OPS_KEEP
 from tests.conftest import ServerFactory
 
 # -- a write repeated with the caller's operation id ----------------------------------------
@@ -107,36 +108,45 @@ def test_operation_ids_are_checked(m: SessionManager) -> None:
     assert m.get_session(sid).total_interactions == 0
 
 
-def test_a_session_remembers_its_operations_with_its_ttl_and_in_bounded_memory(
-    m: SessionManager,
-) -> None:
+def _total(m: SessionManager, sid: str) -> int:
+    return m.get_session(sid).total_interactions
+
+
+def test_a_session_remembers_its_last_operations_in_two_generations(m: SessionManager) -> None:
     sid = m.create_session("alice").session_id
-    for n in range(300):
+    m.log_interaction(sid, user_message="first", op_id="first")
+    for n in range(OPS_KEEP - 1):  # the first generation fills up and becomes the old one
         m.log_interaction(sid, user_message=str(n))
+    m.log_interaction(sid, user_message="first", op_id="first")  # still remembered
+    assert _total(m, sid) == OPS_KEEP
+    for n in range(OPS_KEEP):  # a second generation: the first one goes
+        m.log_interaction(sid, user_message=str(n))
+    m.log_interaction(sid, user_message="first", op_id="first")  # forgotten: applied again
+    assert _total(m, sid) == 2 * OPS_KEEP + 1
     ops = m.keys.ops(sid)
-    assert 0 < m.client.hlen(ops) <= 256
+    assert 0 < m.client.hlen(ops) < OPS_KEEP
+    assert m.client.hlen(ops + ":old") == OPS_KEEP
+    # The newest generation slides with the session; the old one outlives it by op_window
+    # at most.
     ttl, ops_ttl = m.client.pttl(m.keys.session(sid)), m.client.pttl(ops)
     assert abs(ttl - ops_ttl) < 1000
+    assert 0 < m.client.pttl(ops + ":old") <= m.settings.op_window.total_seconds() * 1000
 
 
-def test_an_operation_older_than_the_window_is_forgotten(url: str) -> None:
-    now = [1_800_000_000.0]
-
-    from datetime import datetime, timezone
-
-    def clock() -> datetime:
-        return datetime.fromtimestamp(now[0], timezone.utc)
-
-    settings = {"op_window": timedelta(seconds=60), "retry_deadline": timedelta(seconds=1)}
+def test_an_old_generation_of_operations_is_forgotten_after_the_window(url: str) -> None:
+    settings = {"op_window": timedelta(seconds=1), "retry_deadline": timedelta(seconds=0.5)}
     with SessionManager.from_url(url, **settings) as m:
-        m = SessionManager(m.client, m.settings, clock=clock)
         sid = m.create_session("alice").session_id
         m.log_interaction(sid, user_message="x", op_id="late")
-        for n in range(256):  # past the bound, the ids outside the window go first
-            now[0] += 1
+        for n in range(OPS_KEEP - 1):
             m.log_interaction(sid, user_message=str(n))
+        m.log_interaction(sid, user_message="x", op_id="late")  # in the old generation
+        assert _total(m, sid) == OPS_KEEP
+        deadline = time.monotonic() + 10
+        while m.client.exists(m.keys.ops(sid) + ":old") and time.monotonic() < deadline:
+            time.sleep(0.05)
         m.log_interaction(sid, user_message="x", op_id="late")  # forgotten: applied again
-        assert m.get_session(sid).total_interactions == 258
+        assert _total(m, sid) == OPS_KEEP + 1
 
 
 # -- faults: a proxy that loses replies, CLIENT KILL, kill -9 --------------------------------

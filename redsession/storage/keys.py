@@ -18,6 +18,7 @@ _PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 SESSION_HEAD, SESSION_TAIL = ":s:{", "}"
 LOG_SUFFIX, TOMB_SUFFIX = ":log", ":tomb"  # after the session key: one slot
 OPS_SUFFIX = ":ops"  # after a session key or a user's prefs key: the operations it applied
+OLD_OPS_SUFFIX = ":old"  # after an ops key: the generation of operations before it
 # A session's side keys: data kept beside its history (a framework's checkpoints), in its
 # slot, on its TTL, deleted, exported and restored with it. A HASH of payloads by field and
 # a ZSET (all scores 0) of members that order them for range reads (ZRANGE BYLEX).
@@ -108,7 +109,10 @@ class Keys:
 
     def session_keys(self, sid: str) -> tuple[str, ...]:
         """Every key a session owns (one slot, one TTL)."""
-        return self.session(sid), self.log(sid), self.tomb(sid), self.ops(sid), *self.side(sid)
+        ops = self.ops(sid)
+        return self.session(sid), self.log(sid), self.tomb(sid), ops, ops + OLD_OPS_SUFFIX, *(
+            self.side(sid)
+        )
 
     def user_sessions(self, uid: str) -> str:
         return self.user_sessions_family.key(uid)

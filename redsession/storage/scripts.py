@@ -25,6 +25,7 @@ from redsession.storage.indexes import lua_functions
 from redsession.storage.keys import (
     GLOBAL_SUFFIXES,
     LOG_SUFFIX,
+    OLD_OPS_SUFFIX,
     OPS_SUFFIX,
     SESSION_HEAD,
     SESSION_TAIL,
@@ -35,7 +36,7 @@ from redsession.storage.keys import (
     USER_PREFS_TAIL,
 )
 
-OPS_KEEP = 256  # operations a session remembers at most (within Settings.op_window)
+OPS_KEEP = 128  # operations a generation of a session's ops holds (see once())
 
 PRELUDE = f"""
 -- KEYS[1] the session hash; its log and tombstone are that name + '{LOG_SUFFIX}' and
@@ -54,6 +55,7 @@ local EVENTS = tonumber(table.remove(ARGV))
 local HASH = KEYS[1]
 local LOG, TOMB = HASH .. '{LOG_SUFFIX}', HASH .. '{TOMB_SUFFIX}'
 local OPS = HASH .. '{OPS_SUFFIX}'
+local OLDOPS = OPS .. '{OLD_OPS_SUFFIX}'
 local SIDE, SIDEIX = HASH .. '{SIDE_SUFFIX}', HASH .. '{SIDE_INDEX_SUFFIX}'
 local P, NOW, ACTIVE, EXP_US = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local PREFS_MS, OWNER = ARGV[5], ARGV[6]
@@ -64,12 +66,16 @@ local SID = string.sub(HASH, #P + {len(SESSION_HEAD)} + 1, -{len(SESSION_TAIL)} 
 
 """
 PRELUDE += """
+-- The session's topics (JSON) as owner() read them, for add_topics (one read fewer).
+local TOPICS = false
+
 -- The live session's owner, or nil and the reply that says why there is none. A write is
 -- refused while a merge has fenced the session: it answers as the merged tombstone will.
 -- A merged tombstone (and a fence) names the primary's owner, who alone may follow it.
 local function owner(write)
-  local h = redis.call('HMGET', HASH, 'user_id', 'merging')
+  local h = redis.call('HMGET', HASH, 'user_id', 'merging', 'topics')
   local uid = h[1]
+  TOPICS = h[3]
   if not uid then
     local t = redis.call('GET', TOMB)
     if not t then return nil, {'missing'} end
@@ -90,13 +96,16 @@ local function changed(version, total)
   return cur[1] ~= version or cur[2] ~= total
 end
 
--- Sliding expiry: one absolute time for every key, so their TTLs stay equal.
+-- Sliding expiry: one absolute time for every key, so their TTLs stay equal (the side keys'
+-- only when there are any: most sessions have none, and one EXISTS is cheaper than two).
 local function expire()
   redis.call('PEXPIREAT', HASH, EXP_MS)
   redis.call('PEXPIREAT', LOG, EXP_MS)
   redis.call('PEXPIREAT', OPS, EXP_MS)
-  redis.call('PEXPIREAT', SIDE, EXP_MS)
-  redis.call('PEXPIREAT', SIDEIX, EXP_MS)
+  if redis.call('EXISTS', SIDE, SIDEIX) > 0 then
+    redis.call('PEXPIREAT', SIDE, EXP_MS)
+    redis.call('PEXPIREAT', SIDEIX, EXP_MS)
+  end
 end
 
 -- The side data, for an export: {HGETALL of the side hash, every index member}.
@@ -142,7 +151,8 @@ end
 
 -- Appends records ARGV[from..to] to the log; returns the new length.
 local function push(from, to)
-  local n = redis.call('LLEN', LOG)
+  if to < from then return redis.call('LLEN', LOG) end
+  local n
   for i = from, to, 1000 do
     n = redis.call('RPUSH', LOG, unpack(ARGV, i, math.min(i + 999, to)))
   end
@@ -158,7 +168,7 @@ end
 -- Adds ARGV[from..#ARGV] to the session's topics (first seen first); false past ``limit``.
 local function add_topics(from, limit)
   if #ARGV < from then return true end
-  local topics = cjson.decode(redis.call('HGET', HASH, 'topics'))
+  local topics = cjson.decode(TOPICS or redis.call('HGET', HASH, 'topics'))
   local seen = {}
   for _, t in ipairs(topics) do seen[t] = true end
   local added = false
@@ -183,36 +193,27 @@ local function event(kind, uid, ...)
     'kind', kind, 'sid', SID, 'uid', uid, 'op', OP, 'at', NOW, ...)
 end
 
--- The operations a session remembers: OP_WINDOW_MS, and no more than {OPS_KEEP} (the oldest
--- go first), so a busy session's memory stays bounded.
-local function forget_old_ops()
-  local all = redis.call('HGETALL', OPS)
-  local floor = tonumber(NOW) - OP_WINDOW_MS * 1000
-  local kept = {{}}
-  for i = 1, #all, 2 do
-    local at = cmsgpack.unpack(all[i + 1])[1]
-    if at < floor then redis.call('HDEL', OPS, all[i]) else kept[#kept + 1] = {{at, all[i]}} end
-  end
-  if #kept > {OPS_KEEP // 2} then
-    table.sort(kept, function(a, b) return a[1] < b[1] end)
-    for i = 1, #kept - {OPS_KEEP // 2} do redis.call('HDEL', OPS, kept[i][2]) end
-  end
-end
-
+-- The operations a session remembers, in two generations: OPS, the newest, and OLDOPS, the
+-- one before. When OPS holds {OPS_KEEP} it becomes OLDOPS (the generation before that goes), which
+-- lives on for OP_WINDOW_MS at most. So the last {OPS_KEEP} operations are always remembered, no
+-- more than {2 * OPS_KEEP} are, and a busy session's memory stays bounded at no cost per write.
 -- A write, applied once per operation id: a repeat (a retry whose first reply was lost)
 -- gets the first reply and changes nothing. Only 'ok' replies change anything.
 local function once(apply)
   if OP == '' then return apply() end
-  local seen = redis.call('HGET', OPS, OP)
-  if seen then return cmsgpack.unpack(seen)[2] end
+  local seen = redis.call('HGET', OPS, OP) or redis.call('HGET', OLDOPS, OP)
+  if seen then return cmsgpack.unpack(seen) end
   local reply = apply()
   if reply[1] ~= 'ok' then return reply end
-  redis.call('HSET', OPS, OP, cmsgpack.pack({{tonumber(NOW), reply}}))
+  redis.call('HSET', OPS, OP, cmsgpack.pack(reply))
   local n = redis.call('HLEN', OPS)
   -- A new hash: expire() ran before it existed. Else it slid with the session's keys (or
   -- took its tombstone's time, in DELETE).
   if n == 1 then redis.call('PEXPIREAT', OPS, EXP_MS)
-  elseif n > {OPS_KEEP} then forget_old_ops() end
+  elseif n >= {OPS_KEEP} then
+    redis.call('RENAME', OPS, OLDOPS)
+    redis.call('PEXPIRE', OLDOPS, OP_WINDOW_MS)
+  end
   return reply
 end
 """
