@@ -6,7 +6,7 @@ import pytest
 
 from redsession.errors import InvalidInput, InvalidSessionId, PayloadTooLarge
 from redsession.model import validation as check
-from redsession.model.models import from_us, to_us, utcnow
+from redsession.model.models import Interaction, built, from_us, to_us, utcnow
 
 
 def test_ids() -> None:
@@ -58,3 +58,18 @@ def test_microsecond_timestamps_are_exact() -> None:
 
 def test_generated_ids_never_look_like_command_line_options() -> None:
     assert not any(check.new_session_id().startswith("-") for _ in range(5000))
+
+
+def test_a_built_model_is_the_validated_one() -> None:
+    values = {
+        "kind": "interaction", "id": "i-1", "timestamp": from_us(1_800_000_000_123_456),
+        "user_message": "hi", "assistant_response": None, "metadata": {"a": [1, {"b": None}]},
+        "topics": ["x"],
+    }  # fmt: skip
+    made, checked = built(Interaction, dict(values)), Interaction.model_validate(values)
+    assert made == checked
+    assert made.model_dump_json() == checked.model_dump_json()
+    assert made.model_dump() == checked.model_dump()
+    assert repr(made) == repr(checked)
+    with pytest.raises(Exception, match="frozen"):
+        made.id = "other"  # type: ignore[misc]

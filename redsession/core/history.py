@@ -36,6 +36,7 @@ from redsession.model.models import (
     Interaction,
     Item,
     as_items,
+    built,
     from_us,
     interaction_items,
 )
@@ -80,10 +81,11 @@ def log_interaction(
         op = check.op_id(op_id)
         rid = check.entry_id_for_op(op, 0)
     t = core.stamp(op=op)
-    interaction = Interaction.model_validate({
-        "id": rid, "timestamp": from_us(t.now),
+    # Every field was checked above (the id is ours): built, not validated a second time.
+    interaction = built(Interaction, {
+        "kind": "interaction", "id": rid, "timestamp": from_us(t.now),
         "user_message": user_message, "assistant_response": assistant_response,
-        "metadata": meta, "topics": tops,
+        "metadata": dict(meta), "topics": tops,
     })  # fmt: skip
     try:
         record = encode_interaction(interaction, core.cipher, meta_json)

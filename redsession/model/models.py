@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -29,6 +29,23 @@ def utcnow() -> datetime:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+M = TypeVar("M", bound=_Model)
+_new, _set = object.__new__, object.__setattr__
+
+
+def built(cls: type[M], values: dict[str, Any]) -> M:
+    """A model of ``values`` that are already checked against its fields' types (every field
+    given): the model without a second validation of the same data. It is what pydantic's
+    model_construct makes, without its per-field Python loop (these models have no aliases,
+    private attributes or post-init hooks); tests/test_validation.py holds the two equal."""
+    m = _new(cls)
+    _set(m, "__dict__", values)
+    _set(m, "__pydantic_fields_set__", set(values))
+    _set(m, "__pydantic_extra__", None)
+    _set(m, "__pydantic_private__", None)
+    return m
 
 
 class Interaction(_Model):
