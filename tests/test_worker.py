@@ -69,11 +69,12 @@ FAST = {
     "CLEANUP_INTERVAL": "PT1S",
     "BACKUP_INTERVAL": "PT2S",
     "ROLLUP_INTERVAL": "PT1S",
+    "SQL_INTERVAL": "PT1S",
     "JOB_JITTER": "PT0.3S",
 }
 DAY = "P1D"
 SLOW_JOBS = {"CLEANUP_INTERVAL": DAY, "BACKUP_INTERVAL": DAY, "ROLLUP_INTERVAL": DAY,
-             "JOB_JITTER": "PT0S"}  # fmt: skip
+             "SQL_INTERVAL": DAY, "JOB_JITTER": "PT0S"}  # fmt: skip
 
 
 def wait_for(what: str, pred: Callable[[], Any], timeout: float = 20.0) -> Any:
@@ -387,7 +388,7 @@ def test_each_job_runs_once_per_period(
     runs = job_runs(procs)
     assert {pid for pid, _, _ in runs} == {leader}
     periods = assert_once_per_period(runs)
-    assert set(periods) == {"dump", "cleanup", "backup", "rollup"}
+    assert set(periods) == {"dump", "cleanup", "backup", "rollup", "mirror"}
     for job, ps in periods.items():
         # One leader throughout: every period from its first run to its last, none missed.
         assert sorted(ps) == list(range(min(ps), max(ps) + 1)), job
