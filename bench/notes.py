@@ -99,26 +99,63 @@ Measured and not done:
 | — same | resume, client CPU without I/O | 96.5 µs | 88.1 µs |
 | compute each Lua script's SHA once (`Script.sha` hashed the 2.9 KB source on every call) | log_interaction, client CPU with I/O (raw limit in the same runs: 59.9 / 59.6 µs) | 107.4 µs (raw/ours 0.56) | 95.2 µs (raw/ours 0.63) |
 | list_active_sessions in one round trip on a single server (ZREVRANGE + HMGETs in one script; a cluster keeps the two steps) | throughput x raw limit, sync / asyncio 64 / 4 processes | 0.32 / 0.31 / 0.25 | 0.53 / 0.64 / 0.49 |
+| scripts go straight down a pooled connection on one server or Sentinel (`Connection.send_packed_command` + `read_response`), past redis-py's per-command retry loop and observability records; the driver retries itself (2026-12-03) | client time per call on a canned reply, best of 5 x 2,000 (hand-rolled in the same runs: 33.5-35.0 / 60.7-61.4 µs) | log 60.0 µs, resume 106.3 µs | log 51.0 µs, resume 97.1 µs |
+| log_interaction builds its Interaction from the checked input (`models.built`) instead of validating the same values again; with the row above | client instructions (callgrind, canned) | log 366,606, resume 858,381 | log 308,201 (1.23x hand-rolled), resume 814,331 (1.45x) |
+| operation ids in two generations (RENAME at 128 ids) instead of a pruned hash (past 256 ids: HGETALL, unpack, sort, 128 HDEL); topics read with the owner; the side keys expired only when they exist; no LLEN before RPUSH | redis-server instructions per log_interaction script (callgrind on the server; hand-rolled 155,431 / 154,711 in the same runs), before any rotation | 285,082 | 277,001 |
+
+
+### Issue 15, second pass (2026-12-03): before and after, every setup
+
+Ratios to the hand-rolled store (x hand-rolled; higher is better). The three runs are on the
+same shared 2-core machine at different loads; between runs of the same code these ratios
+move by up to ±0.1, so only the instruction counts compare exactly.
+
+| setup | operation | before: full run 08:32 (load 0.22) | before: first run 11:45 (3 rounds) | after: 3 rounds 13:04 (load 0.8) | after: full run 13:09 (load 1.48) |
+|---|---|---:|---:|---:|---:|
+| sync | log_interaction | 0.684 | 0.656 | 0.726 | 0.725 |
+| sync | resume | 0.838 | 0.679 | 0.720 | 0.733 |
+| asyncio 64 | log_interaction | 0.718 | 0.718 | 0.846 | 0.701 |
+| asyncio 64 | resume | 0.560 | 0.601 | 0.639 | 0.655 |
+| 4 processes | log_interaction | 0.648 | 0.681 | 0.613 | 0.663 |
+| 4 processes | resume | 0.704 | 0.593 | 0.628 | 0.728 |
+| client instructions | log_interaction | 367,812 (1.465x) | — | — | 309,517 (1.229x) |
+| client instructions | resume | 851,866 (1.519x) | — | — | 813,786 (1.447x) |
+
+- Server instructions per log_interaction script (redis-server under callgrind, a probe run
+  by hand): 285,082 before, 277,001 after, against the hand-rolled script's 155,431.
+- Other asyncio clients (`python -m bench.drivers`, the hand-rolled store's scripts, 64 tasks,
+  3 rounds of 2 s, 13:40): coredis 6.9 at 0.84x redis.asyncio on log_interaction and 0.59x
+  on resume, so it is not worth a driver; valkey-glide 2.5 (one multiplexed connection, its
+  core on a Rust thread) at 1.61x and 1.14x. glide is the one lever measured that could lift
+  the asyncio setup past the target; it has no Sentinel support, so it would be an optional
+  driver for one server and Cluster, to be kept only if it passes the behaviour suite. Not
+  built yet.
 
 - hiredis pays: compare the `redsession, no hiredis` rows (pure-Python parser) above.
   orjson does every JSON encode.
 
-### Where the rest of the gap to the raw limit is
+### Where the rest of the gap to the raw limit is (2026-12-03)
 
-- **resume**: the raw limit hands back orjson dicts; redsession builds 21 pydantic models
-  (~0.7 µs each with `trusted`, ~15 µs per resume) plus the checks, and runs the production
-  client (blocking pool, socket timeouts). Without any model at all (the core returning
-  the decoded dicts; an experiment, not shipped) asyncio resume reached 0.79-0.80x; with the
-  models and no checks, 0.70-0.82x. In the asyncio setup the event loop is CPU-bound, so
-  every µs of Python shows, and shows more than in a tight loop (cache effects of the
-  larger code path: the same core costs roughly twice its canned time there).
-- **log_interaction**: validating the caller's input (ids, text sizes, metadata walk and
-  limits, topics), the id and the model cost ~14 µs of client CPU over the raw limit's
-  Python; our session script (owner and tombstone checks, topic limit) runs ~11 µs longer
-  on the server (EVALSHA usec_per_call 78 against 67); our script with the raw limit's
-  Python reached 0.87x sync. No single part is worth more than a few per cent.
-- **export**: a `SessionExport` plus `model_dump(mode="json")`, against plain orjson dicts.
-  **list_active_sessions**: `SessionSummary` models per row.
+- **The server.** Counted with callgrind on redis-server, one log_interaction script is
+  277,001 instructions against the hand-rolled store's 155,431. The parts, each measured by
+  taking it out: passing ~20 arguments and dispatching EVALSHA 44,800 (a script that returns
+  at once; the hand-rolled one pays it too); the prelude 37,000 (19,500 for reading the
+  trailer and building the key names, 17,600 for creating ~20 local functions on every
+  call, which EVAL cannot keep between calls); the operation id ~30,000 (four calls: two
+  HGETs, HSET, HLEN); the event ~15,000 (XADD; its field count makes no difference). Each
+  `redis.call` costs 3,000-7,000 instructions (writes are propagated to the AOF one by one),
+  and we make 19 against the hand-rolled 12. The next levers are Redis Functions (FCALL:
+  the helpers defined once at load, not per call; Redis 7+, but a library per release to
+  load and retire on every node) and deriving the expiry and dirty indexes from the activity
+  index, which changes cleanup and the dump. In the 4-process setup the server's CPU is
+  shared with the clients on 2 cores, so this shows most there.
+- **resume, client.** pydantic validating 20 records from JSON takes 36 µs where orjson
+  decodes them in 16 µs; msgspec checks the same types in 15 µs, and building the models
+  from its structs without a second validation would save ~6 µs of the ~97 µs a canned
+  resume costs: not worth a second schema of every entry (measured, not shipped).
+- **log_interaction, client.** What is left over the hand-rolled store is checking the
+  caller's input (ids, text sizes, the metadata walk, topics), the op id and the record
+  encoding: ~10 µs, which the issue keeps (checked, in C where a library can).
 - Closing the rest means returning something other than validated models (plain dicts, or a
   history decoded on access) or not validating callers' input: API decisions, not
   optimisations.
