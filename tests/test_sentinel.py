@@ -140,8 +140,10 @@ def test_kill_master_under_write_load(
 async def test_async_pool_replaces_connections_after_master_restarts(tmp_path: Path) -> None:
     """As on one server (test_async_manager.py), through Sentinel: every call after a restart
     of the master works. Its own setup: the module's has failed over, and its new master
-    would restart as the replica it was started as."""
-    with SentinelSetup(tmp_path) as setup:
+    would restart as the replica it was started as. The sentinels wait 5 s before they call
+    the master down: with the usual 1 s, on a loaded machine, they sometimes failed it over
+    during a restart, and the test could not check what it is for."""
+    with SentinelSetup(tmp_path, down_after_ms=5000) as setup:
         assert setup.master is not None
         port = setup.master_port()
         m = AsyncSessionManager.from_url(setup.url, socket_timeout=1.0, connect_timeout=0.5)
@@ -152,7 +154,7 @@ async def test_async_pool_replaces_connections_after_master_restarts(tmp_path: P
             for cycle in range(10):
                 with redis.Redis(port=port) as c:  # or SIGTERM waits up to 1 s for a replica ack
                     c.config_set("shutdown-timeout", 0)
-                setup.master.restart()  # then ~0.1 s: well below down-after (1 s), no failover
+                setup.master.restart()  # then ~0.1 s: well below down-after (5 s), no failover
                 texts = [f"{cycle}.{i}" for i in range(11)]
                 for text in texts[:3]:  # sequential: the pool's most recent connection
                     await m.log_interaction(sid, user_message=text)

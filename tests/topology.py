@@ -272,9 +272,11 @@ class SentinelSetup:
     """One master, ``replicas`` replicas and three sentinels watching them as ``service``."""
 
     def __init__(
-        self, base: Path, service: str = "mymaster", quorum: int = 2, replicas: int = 1
-    ) -> None:
+        self, base: Path, service: str = "mymaster", quorum: int = 2, replicas: int = 1,
+        down_after_ms: int = 1000,
+    ) -> None:  # fmt: skip
         self.base = base
+        self.down_after_ms = down_after_ms
         self.service = service
         self.quorum = quorum
         self.master: RedisServer | None = None
@@ -312,7 +314,7 @@ class SentinelSetup:
                     f"logfile {folder / 'sentinel.log'}\n"
                     f"sentinel monitor {self.service} 127.0.0.1 {m_port} {self.quorum}\n"
                     # Short timings: a failover within a few seconds keeps the test short.
-                    f"sentinel down-after-milliseconds {self.service} 1000\n"
+                    f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
                     f"sentinel failover-timeout {self.service} 10000\n"
                     f"sentinel parallel-syncs {self.service} 1\n"
                 )
