@@ -62,9 +62,10 @@ def writes(url: str, *, smoke: bool, rounds: int) -> list[Table]:
 
             per[v].append(_usec_per_evalsha(admin, run))
     keys = managers[VARIANTS[0]].keys
-    ops_key = keys.ops(sids[VARIANTS[0]])
-    ops_bytes = sum(admin.memory_usage(k, samples=0) or 0 for k in (ops_key, ops_key + ":old"))
-    ops_count = admin.hlen(ops_key) + admin.hlen(ops_key + ":old")
+    sid = sids[VARIANTS[0]]
+    ops_keys = (keys.ops(sid), keys.old_ops(sid))
+    ops_bytes = sum(admin.memory_usage(k, samples=0) or 0 for k in ops_keys)
+    ops_count = sum(admin.hlen(k) for k in ops_keys)
     stream_len = admin.xlen(keys.events)
     stream_bytes = admin.memory_usage(keys.events, samples=0) or 0
     for m in managers.values():

@@ -125,12 +125,12 @@ def test_a_session_remembers_its_last_operations_in_two_generations(m: SessionMa
     assert _total(m, sid) == 2 * OPS_KEEP + 1
     ops = m.keys.ops(sid)
     assert 0 < m.client.hlen(ops) < OPS_KEEP
-    assert m.client.hlen(ops + ":old") == OPS_KEEP
+    assert m.client.hlen(m.keys.old_ops(sid)) == OPS_KEEP
     # The newest generation slides with the session; the old one outlives it by op_window
     # at most.
     ttl, ops_ttl = m.client.pttl(m.keys.session(sid)), m.client.pttl(ops)
     assert abs(ttl - ops_ttl) < 1000
-    assert 0 < m.client.pttl(ops + ":old") <= m.settings.op_window.total_seconds() * 1000
+    assert 0 < m.client.pttl(m.keys.old_ops(sid)) <= m.settings.op_window.total_seconds() * 1000
 
 
 def test_an_old_generation_of_operations_is_forgotten_after_the_window(url: str) -> None:
@@ -143,7 +143,7 @@ def test_an_old_generation_of_operations_is_forgotten_after_the_window(url: str)
         m.log_interaction(sid, user_message="x", op_id="late")  # in the old generation
         assert _total(m, sid) == OPS_KEEP
         deadline = time.monotonic() + 10
-        while m.client.exists(m.keys.ops(sid) + ":old") and time.monotonic() < deadline:
+        while m.client.exists(m.keys.old_ops(sid)) and time.monotonic() < deadline:
             time.sleep(0.05)
         m.log_interaction(sid, user_message="x", op_id="late")  # forgotten: applied again
         assert _total(m, sid) == OPS_KEEP + 1

@@ -102,17 +102,20 @@ class Keys:
     def ops(self, sid: str) -> str:
         return self.ops_family.key(sid)
 
+    def old_ops(self, sid: str) -> str:
+        """The generation of the session's operations before ops(sid) (scripts.py once())."""
+        return self.ops(sid) + OLD_OPS_SUFFIX
+
     def side(self, sid: str) -> tuple[str, str]:
         """The session's side keys: its side HASH and the ZSET that indexes it."""
         head = self.session(sid)
         return head + SIDE_SUFFIX, head + SIDE_INDEX_SUFFIX
 
     def session_keys(self, sid: str) -> tuple[str, ...]:
-        """Every key a session owns (one slot, one TTL)."""
-        ops = self.ops(sid)
-        return self.session(sid), self.log(sid), self.tomb(sid), ops, ops + OLD_OPS_SUFFIX, *(
-            self.side(sid)
-        )
+        """Every key a session owns, in one slot (the old operations outlive the rest by
+        Settings.op_window at most; the others share one TTL)."""
+        head = self.session(sid), self.log(sid), self.tomb(sid)
+        return *head, self.ops(sid), self.old_ops(sid), *self.side(sid)
 
     def user_sessions(self, uid: str) -> str:
         return self.user_sessions_family.key(uid)
