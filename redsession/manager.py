@@ -57,8 +57,9 @@ from redsession.model.models import (
 from redsession.storage.checkpoints import Row as CheckpointRow
 from redsession.storage.commands import Op
 from redsession.storage.connection import sync_client
-from redsession.storage.drivers import Observer, Replicas, Retrying, SyncDriver
+from redsession.storage.drivers import Observer, SyncDriver
 from redsession.storage.keys import Keys
+from redsession.storage.retries import Replicas, Retrying
 from redsession.storage.store import Store
 
 T = TypeVar("T")
