@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck pytest test-wheel-server bench bench-smoke bench-instructions clean
+.PHONY: run test lint typecheck pytest test-wheel-server test-glide bench bench-smoke bench-instructions clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 run: $(RUN_STAMP)
 	$(BIN)/redsession up
 
-test: lint typecheck pytest test-wheel-server
+test: lint typecheck pytest test-wheel-server test-glide
 
 lint: $(STAMP)
 	$(BIN)/ruff check redsession tests bench examples
@@ -38,6 +38,16 @@ pytest: $(STAMP)
 # so the fresh-machine path (no redis-server on PATH) never breaks unseen.
 test-wheel-server: $(STAMP)
 	REDSESSION_SERVER_BIN=wheel $(BIN)/pytest -q tests/test_manager.py tests/test_embedded.py
+
+# The asyncio behaviour suite once more on the valkey-glide driver (Settings.async_driver):
+# every test file whose AsyncSessionManager comes from from_url, and the async tests of two more.
+GLIDE_TESTS := tests/test_async_manager.py tests/test_events.py tests/test_api.py \
+	tests/test_api_schema.py tests/test_adk.py tests/test_langgraph.py tests/test_pydantic_ai.py \
+	tests/test_openai_agents.py tests/test_repair.py tests/test_redis_auth.py
+test-glide: $(STAMP)
+	REDSESSION_ASYNC_DRIVER=valkey-glide $(BIN)/pytest -q $(GLIDE_TESTS)
+	REDSESSION_ASYNC_DRIVER=valkey-glide $(BIN)/pytest -q tests/test_cluster.py tests/test_fuzz.py \
+		-k "async or mcp"
 
 # The full benchmark runs in its own venv: the bench extra (peer libraries) stays out of the
 # dev venv that the tests use.

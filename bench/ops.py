@@ -51,6 +51,7 @@ class Impl:
 
     name = "?"
     ops: tuple[str, ...] = OPS
+    setups: tuple[str, ...] = ("sync", "asyncio", "processes")
 
     @classmethod
     def available(cls) -> str | None:
@@ -88,12 +89,14 @@ class Redsession(Impl):
         m = SessionManager(self._client(ds.url), Settings(redis_url=ds.url))
         return _redsession_fns(m, ds)
 
-    async def aio(self, ds: Dataset) -> tuple[dict[str, AsyncFn], Callable[[], Awaitable[None]]]:
+    def _async_manager(self, url: str) -> AsyncSessionManager:
         if self.async_parser is None:
-            m = AsyncSessionManager.from_url(ds.url)
-        else:
-            client = redis.asyncio.Redis.from_url(ds.url, parser_class=self.async_parser)
-            m = AsyncSessionManager(client, Settings(redis_url=ds.url))
+            return AsyncSessionManager.from_url(url)
+        client = redis.asyncio.Redis.from_url(url, parser_class=self.async_parser)
+        return AsyncSessionManager(client, Settings(redis_url=url))
+
+    async def aio(self, ds: Dataset) -> tuple[dict[str, AsyncFn], Callable[[], Awaitable[None]]]:
+        m = self._async_manager(ds.url)
         log, read, exp, users = ds.log, ds.read, ds.export, ds.users
 
         async def log_interaction(i: int) -> object:
@@ -144,6 +147,24 @@ def _redsession_fns(m: SessionManager, ds: Dataset) -> dict[str, SyncFn]:
 
     return {"log_interaction": log_interaction, "resume": resume,
             "list_active_sessions": list_active, "export": export}  # fmt: skip
+
+
+class RedsessionGlide(Redsession):
+    """redsession's asyncio manager on valkey-glide (Settings.async_driver; the glide extra)."""
+
+    name = "redsession, valkey-glide"
+    setups = ("asyncio",)
+
+    @classmethod
+    def available(cls) -> str | None:
+        try:
+            import glide  # noqa: F401
+        except ImportError:
+            return "valkey-glide is not installed (the glide extra)"
+        return None
+
+    def _async_manager(self, url: str) -> AsyncSessionManager:
+        return AsyncSessionManager.from_url(url, async_driver="valkey-glide")
 
 
 class RedsessionNoHiredis(Redsession):

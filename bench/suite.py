@@ -12,7 +12,17 @@ import redis
 
 from bench import data
 from bench.harness import Budget, Figure, Processes, Run, process_loop, time_async, time_sync
-from bench.ops import OPS, Dataset, Impl, Raw, RawPlain, Redsession, RedsessionNoHiredis, SyncFn
+from bench.ops import (
+    OPS,
+    Dataset,
+    Impl,
+    Raw,
+    RawPlain,
+    Redsession,
+    RedsessionGlide,
+    RedsessionNoHiredis,
+    SyncFn,
+)
 from bench.peers import peers
 from redsession import SessionManager
 from redsession.config import Settings
@@ -23,7 +33,7 @@ SESSIONS_PER_USER = 5
 
 
 def impl_classes() -> list[type[Impl]]:
-    return [Redsession, Raw, RawPlain, RedsessionNoHiredis, *peers()]
+    return [Redsession, Raw, RawPlain, RedsessionGlide, RedsessionNoHiredis, *peers()]
 
 
 @dataclass
@@ -94,7 +104,7 @@ def run_ops(
         impl.prepare(ds)
         ready.append(impl)
         result.order.append(impl.name)
-    sync_fns = {impl.name: impl.sync(ds) for impl in ready}
+    sync_fns = {impl.name: impl.sync(ds) for impl in ready if SETUPS[0] in impl.setups}
     pool = None
     if SETUPS[2] in setups:
         pool = Processes(budget.processes, _init_worker, (ds,))
@@ -103,7 +113,7 @@ def run_ops(
         for rnd in range(budget.rounds):
             for setup in setups:
                 for op in ops:
-                    order = [i for i in ready if op in i.ops]
+                    order = [i for i in ready if op in i.ops and setup in i.setups]
                     rng.shuffle(order)  # no impl always runs first (or right after a peer)
                     for impl in order:
                         if op == "log_interaction":

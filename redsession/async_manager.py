@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequen
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio
 
@@ -57,7 +57,10 @@ from redsession.model.models import (
 from redsession.storage.checkpoints import Row as CheckpointRow
 from redsession.storage.commands import Op
 from redsession.storage.connection import async_client
-from redsession.storage.drivers import AsyncDriver
+from redsession.storage.drivers import AsyncDriver, AsyncRunner
+
+if TYPE_CHECKING:
+    from redsession.storage.glide import Glide
 
 T = TypeVar("T")
 
@@ -65,28 +68,41 @@ T = TypeVar("T")
 class AsyncSessionManager(ManagerBase):
     """Sessions in Redis, for asyncio code: the same operations as SessionManager."""
 
-    _driver: AsyncDriver
+    _driver: AsyncRunner[Any]
 
     def __init__(
         self,
-        client: redis.asyncio.Redis | redis.asyncio.RedisCluster,
+        client: redis.asyncio.Redis | redis.asyncio.RedisCluster | Glide,
         settings: Settings | None = None,
         *,
         clock: Callable[[], datetime] = utcnow,
         client_factory: Callable[[], redis.asyncio.Redis | redis.asyncio.RedisCluster]
         | None = None,
     ) -> None:
-        """``client_factory`` makes a client like ``client``: given one, the manager works
-        from any event loop (one client each); without one, from the loop ``client`` is on."""
-        super().__init__(
-            client, settings, clock, isinstance(client, redis.asyncio.RedisCluster)
-        )
-        self._driver = AsyncDriver(client, client_factory, self.retrying, self.replicas)
+        """``client``: a redis.asyncio client, or valkey-glide's (storage/glide.py).
+        ``client_factory`` makes a redis.asyncio client like ``client``: given one, the
+        manager works from any event loop (one client each); without one, from the loop
+        ``client`` is on. valkey-glide's clients are made per loop without one."""
+        if isinstance(client, (redis.asyncio.Redis, redis.asyncio.RedisCluster)):
+            super().__init__(
+                client, settings, clock, isinstance(client, redis.asyncio.RedisCluster)
+            )
+            self._driver = AsyncDriver(client, client_factory, self.retrying, self.replicas)
+            return
+        from redsession.storage.glide import GlideDriver
+
+        super().__init__(client, settings, clock, client.cluster)
+        self._driver = GlideDriver(client, self.retrying, self.replicas)
 
     @classmethod
     def from_url(cls, url: str | None = None, **settings: Any) -> AsyncSessionManager:
-        """Connect to ``url`` (or REDSESSION_REDIS_URL); usable from any event loop."""
+        """Connect to ``url`` (or REDSESSION_REDIS_URL) with Settings.async_driver's client;
+        usable from any event loop."""
         s = Settings(**settings)
+        if s.async_driver == "valkey-glide":
+            from redsession.storage.glide import glide_for
+
+            return cls(glide_for(url, s), s)
         return cls(async_client(url, s), s, client_factory=lambda: async_client(url, s))
 
     async def close(self) -> None:

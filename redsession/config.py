@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(default=2.0, gt=0)
     # Connections per client pool; callers beyond it wait (up to socket_timeout) for one.
     max_connections: int = Field(default=64, gt=0)
+    # The asyncio manager's client: redis-py (pooled connections; every topology), or
+    # valkey-glide (the glide extra: one multiplexed connection per server, faster under
+    # many concurrent tasks; one server or a cluster, no Sentinel, no write_replicas).
+    async_driver: Literal["redis-py", "valkey-glide"] = "redis-py"
 
     # rediss:// only. A private CA's bundle: servers with self-signed or internal certificates.
     tls_ca_certs: Path | None = None

@@ -37,8 +37,9 @@ from google.adk.sessions.base_session_service import GetSessionConfig
 from google.adk.tools.tool_context import ToolContext
 from google.genai import types
 
-from redsession import AsyncSessionManager, StorageUnavailable
+from redsession import AsyncSessionManager, Settings, StorageUnavailable
 from redsession.integrations.adk import RedsessionSessionService, owner_of, session_key
+from redsession.storage.connection import sync_client
 from tests.topology import Cluster
 
 APP, USER = "shop", "alice"
@@ -620,7 +621,7 @@ async def test_runner_with_an_offline_model(service: RedsessionSessionService) -
 
 
 async def test_get_session_slides_expiry(
-    service: RedsessionSessionService, manager: AsyncSessionManager
+    service: RedsessionSessionService, manager: AsyncSessionManager, url: str
 ) -> None:
     now = [datetime(2030, 1, 1, tzinfo=timezone.utc)]
     manager.core.clock = lambda: now[0]
@@ -632,16 +633,19 @@ async def test_get_session_slides_expiry(
     def ms(t: datetime) -> int:
         return int(t.timestamp() * 1000)
 
-    assert await manager.client.pexpiretime(key) == ms(now[0] + ttl)
+    probe = sync_client(url, Settings())  # a client of its own, whatever the manager's driver
+
+    assert probe.pexpiretime(key) == ms(now[0] + ttl)
     now[0] += timedelta(days=3)
     assert await get(service, "s1") is not None
-    assert await manager.client.pexpiretime(key) == ms(now[0] + ttl)
+    assert probe.pexpiretime(key) == ms(now[0] + ttl)
     now[0] += timedelta(days=3)
     cfg = GetSessionConfig(num_recent_events=0)
     assert await get(service, "s1", config=cfg) is not None  # a read without events too
-    assert await manager.client.pexpiretime(key) == ms(now[0] + ttl)
+    assert probe.pexpiretime(key) == ms(now[0] + ttl)
     log = manager.keys.log(session_key(APP, USER, "s1"))
-    assert await manager.client.pexpiretime(log) == ms(now[0] + ttl)
+    assert probe.pexpiretime(log) == ms(now[0] + ttl)
+    probe.close()
 
 
 # -- the example ---------------------------------------------------------------------------

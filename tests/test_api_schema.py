@@ -24,6 +24,7 @@ from redsession.async_manager import AsyncSessionManager
 from redsession.services.api import build_app
 from redsession.services.leader import LeaderLock
 from redsession.storage.keys import Keys
+from tests.drivers import several_loops_at_once
 
 TOKEN = "admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -49,6 +50,9 @@ def app(redis_url: str, tmp_path: Path) -> Iterator[Any]:
     lock.release()
 
 
+# schemathesis calls the app from event loops of its own while the fixture's TestClient holds
+# another open.
+@several_loops_at_once
 def test_api_conforms_to_its_spec(app: Any) -> None:
     # schemathesis' pytest loader (from_fixture) does not run on this pytest, so the
     # operations are walked here, each with its own Hypothesis run.

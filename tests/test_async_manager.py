@@ -166,7 +166,10 @@ async def test_pooled_connections_are_replaced_after_restarts(
     try:
         sid = (await m.create_session("alice")).session_id
         await asyncio.gather(*(m.get_session(sid) for _ in range(WARM)))
-        assert _connected_clients(server.url) == WARM
+        # valkey-glide multiplexes every call onto one connection
+        assert _connected_clients(server.url) == (
+            1 if m.settings.async_driver == "valkey-glide" else WARM
+        )
         sent: list[str] = []
         for cycle in range(RESTARTS):
             server.restart()  # blocks the loop: it has not yet read the closes it will find

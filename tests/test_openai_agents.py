@@ -41,6 +41,7 @@ from redsession import InvalidSessionId, PayloadTooLarge, PermissionDenied, Sess
 from redsession.integrations.openai_agents import RedsessionSession
 from redsession.services.embedded import RedisServer
 from redsession.storage.commands import Cmd
+from tests.drivers import several_loops_at_once
 from tests.topology import Cluster, redis_cluster  # noqa: F401  (the session's cluster)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -431,6 +432,7 @@ def _run_sync_in_threads(url: str) -> tuple[list[str], dict[tuple[int, int], lis
 @pytest.mark.filterwarnings(
     "ignore:asynchronous generator .* was scheduled after loop.shutdown_asyncgens:ResourceWarning"
 )
+@several_loops_at_once
 def test_run_sync_from_threads_that_each_have_their_own_loop(single_url: str) -> None:
     """One session object, made by from_url, used by Runner.run_sync in four threads at once:
     each thread's loop gets its own Redis client (a redis.asyncio client is bound to a loop)."""
@@ -514,6 +516,7 @@ def _left_open_by_short_lived_loops(url: str, loops: int) -> int:
     return _connections(url)
 
 
+@several_loops_at_once
 def test_the_clients_of_closed_loops_are_released(single_url: str) -> None:
     # A loop closed with connections open leaves sockets asyncio can no longer close; only
     # collecting their clients does, with ResourceWarnings: ignored throughout.
@@ -540,6 +543,7 @@ def _left_open_after_the_first_loop_closes(url: str) -> int:
     return left
 
 
+@several_loops_at_once
 def test_closing_the_session_in_each_of_its_loops_closes_every_connection(
     single_url: str,
 ) -> None:

@@ -22,11 +22,13 @@ def test_repair_on_a_single_server(redis_url: str) -> None:
         m.close()
 
 
-async def test_async_repair_on_a_single_server(redis_url: str) -> None:
+async def test_async_repair_on_a_single_server(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
     m = AsyncSessionManager.from_url(redis_url)
     try:
         sid = (await m.create_session("alice")).session_id
-        await m.client.delete(K.sessions)
+        redis_client.delete(K.sessions)
         got = await m.repair_indexes()
         assert got == RepairReport(sessions=1, added=1, removed=0, users_removed=0)
         assert [i async for i in m.iter_session_ids()] == [sid]

@@ -24,7 +24,7 @@ import redis
 from redsession import AsyncSessionManager, SessionManager
 from redsession.config import Settings
 from redsession.services.embedded import RedisServer, _die_with_parent_hook, find_server_binary
-from redsession.storage.connection import async_client, sync_client
+from redsession.storage.connection import sync_client
 
 _BUS_OFFSET = 10000  # Redis Cluster's bus listens on port + 10000
 _PORT_RANGE = (20000, 29999)  # below the ephemeral range, so port + 10000 stays valid
@@ -265,7 +265,7 @@ def async_cluster_manager(
     """Empty ``cluster`` and return an AsyncSessionManager on it (await .close() when done)."""
     cluster.flush()
     s = settings or Settings(**kw)
-    return AsyncSessionManager(async_client(cluster.url, s), s)
+    return AsyncSessionManager.from_url(cluster.url, **dict(s))
 
 
 class SentinelSetup:

@@ -397,10 +397,7 @@ async def _ndjson(m: AsyncSessionManager, user_id: str | None) -> AsyncIterator[
 
 
 def app_from_settings(settings: Settings) -> FastAPI:
-    from redsession.storage.connection import async_client
-
-    client = async_client(settings.redis_url, settings)
-    return build_app(AsyncSessionManager(client, settings), settings)
+    return build_app(AsyncSessionManager.from_url(settings.redis_url, **dict(settings)), settings)
 
 
 def run_api(settings: Settings, host: str | None = None, port: int | None = None) -> None:

@@ -32,7 +32,6 @@ from redsession.model.models import (
 )
 from redsession.model.validation import problems
 from redsession.services.auth import LOOPBACK, BearerAuth, Caller, TokenTable, caller
-from redsession.storage.connection import async_client
 
 logger = logging.getLogger(__name__)
 
@@ -326,11 +325,9 @@ def run_mcp(
     if transport not in ("stdio", "http"):
         raise ConfigError(f"unknown MCP transport {transport!r}: use stdio or http")
     tokens = TokenTable.from_settings(settings)  # a bad token setting fails before serving
-    client = async_client(settings.redis_url, settings)
+    manager = AsyncSessionManager.from_url(settings.redis_url, **dict(settings))
     try:
-        anyio.run(
-            _serve, AsyncSessionManager(client, settings), settings, transport, host, port, tokens
-        )
+        anyio.run(_serve, manager, settings, transport, host, port, tokens)
     except KeyboardInterrupt:  # Ctrl-C is how a terminal user stops a stdio server
         logger.info("MCP server interrupted")
 

@@ -46,6 +46,9 @@ class Batch(NamedTuple):
     """Plain commands, pipelined without MULTI; the reply is the list of their replies."""
 
     commands: tuple[tuple[Arg, ...], ...]
+    # Waits on the server (XREAD BLOCK): a driver that multiplexes one connection sends it
+    # on a connection of its own, so that the wait holds up no other caller.
+    blocking: bool = False
 
 
 class Scan(NamedTuple):

@@ -64,19 +64,25 @@ def _pool(settings: Settings) -> dict[str, Any]:
     return {"max_connections": settings.max_connections, "timeout": settings.socket_timeout}
 
 
-def _tls_options(settings: Settings) -> dict[str, Any]:
-    """Client TLS options for rediss:// forms: always verify the server's certificate."""
+def check_tls_files(settings: Settings) -> None:
+    """Raises ConfigError unless each TLS file given is a file (at start-up, not on first
+    use: a typo should fail before the first request), and a certificate has its key."""
     if (settings.tls_certfile is None) != (settings.tls_keyfile is None):
         raise ConfigError("a client certificate needs both tls_certfile and tls_keyfile")
+    for name in ("tls_ca_certs", "tls_certfile", "tls_keyfile"):
+        path = getattr(settings, name)
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{name}: {str(path)!r} is not a file")
+
+
+def _tls_options(settings: Settings) -> dict[str, Any]:
+    """Client TLS options for rediss:// forms: always verify the server's certificate."""
+    check_tls_files(settings)
     paths = {
         "ssl_ca_certs": settings.tls_ca_certs,
         "ssl_certfile": settings.tls_certfile,
         "ssl_keyfile": settings.tls_keyfile,
     }
-    for name, path in paths.items():
-        # Checked here, not on first use: a typo should fail at start-up, not mid-request.
-        if path is not None and not path.is_file():
-            raise ConfigError(f"{name.replace('ssl_', 'tls_')}: {str(path)!r} is not a file")
     return {
         "ssl": True,
         "ssl_cert_reqs": "required",
@@ -348,5 +354,5 @@ def async_client(url: str | None, settings: Settings) -> AsyncClient:
     return client
 
 
-__all__ = ["SCHEMES", "AsyncClient", "SyncClient", "Target", "async_client", "parse_url",
-           "sync_client"]  # fmt: skip
+__all__ = ["SCHEMES", "AsyncClient", "SyncClient", "Target", "async_client", "check_tls_files",
+           "parse_url", "sync_client"]  # fmt: skip

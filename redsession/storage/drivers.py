@@ -13,7 +13,7 @@ import time
 import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import redis
 import redis.asyncio
@@ -24,6 +24,7 @@ from redsession.storage.commands import Arg, Cmd, Eval, OnEachPrimary, Op, Reply
 from redsession.storage.retries import NO_REPLICAS, NO_RETRIES, TRANSIENT, Replicas, Retrying
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
+C = TypeVar("C")  # an asyncio driver's client
 # Told of each operation run: its name (the generator's), seconds taken, the error or None.
 Observer = Callable[[str, float, BaseException | None], None]
 
@@ -168,19 +169,20 @@ class SyncDriver:
         return _next_cursors(cursors), keys
 
 
-class AsyncDriver:
-    """Runs store operations on a redis.asyncio client; never blocks the event loop.
+class AsyncRunner(Generic[C]):
+    """Runs store operations on an asyncio client of type C, never blocking the event loop:
+    what every asyncio driver shares (the client of each loop, retries, the observer).
 
-    A redis.asyncio client belongs to the event loop that first used it. Given a ``factory``,
-    the driver keeps one client per running loop (``Runner.run_sync`` of an agent framework,
-    a thread with its own loop): the first loop gets ``client``, each other loop one made by
+    An asyncio client belongs to the event loop that first used it. Given a ``factory``, the
+    runner keeps one client per running loop (``Runner.run_sync`` of an agent framework, a
+    thread with its own loop): the first loop gets ``client``, each other loop one made by
     ``factory``, dropped with its loop. Without one, every call uses ``client``.
     """
 
     def __init__(
         self,
-        client: AsyncClient,
-        factory: Callable[[], AsyncClient] | None = None,
+        client: C,
+        factory: Callable[[], C] | None = None,
         retrying: Retrying = NO_RETRIES,
         replicas: Replicas = NO_REPLICAS,
     ) -> None:
@@ -189,13 +191,13 @@ class AsyncDriver:
         self.replicas = replicas
         self._factory = factory
         self._home: asyncio.AbstractEventLoop | None = None
-        self._others: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient] = (
+        self._others: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, C] = (
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
         self.observer: Observer | None = None
 
-    def client_for_loop(self) -> AsyncClient:
+    def client_for_loop(self) -> C:
         """The client of the running event loop."""
         if self._factory is None:
             return self.client
@@ -225,7 +227,7 @@ class AsyncDriver:
         client = self.client_for_loop()
         with self._lock:
             self._forget_closed_loops()
-        await client.aclose()
+        await self._close(client)
 
     async def run(self, op: Op[T]) -> T:
         if self.observer is None:
@@ -257,6 +259,20 @@ class AsyncDriver:
             return result
         except (RedisError, UnicodeDecodeError) as e:
             raise _error(e) from e
+
+    async def _execute(self, client: C, cmd: Cmd) -> Reply:
+        """One command's reply; failures raised as redis-py's exceptions (retries.py)."""
+        raise NotImplementedError
+
+    async def _close(self, client: C) -> None:
+        raise NotImplementedError
+
+
+class AsyncDriver(AsyncRunner[AsyncClient]):
+    """Runs store operations on a redis.asyncio client (standalone or cluster)."""
+
+    async def _close(self, client: AsyncClient) -> None:
+        await client.aclose()
 
     async def _execute(self, client: AsyncClient, cmd: Cmd) -> Reply:
         if isinstance(client, redis.asyncio.RedisCluster):

@@ -69,7 +69,7 @@ class EventStream:
         an entry (XREAD BLOCK); [] if none came."""
         cmd = ("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", self.keys.events,
                after or "0-0")  # fmt: skip
-        (reply,) = yield Batch((cmd,))
+        (reply,) = yield Batch((cmd,), blocking=True)
         if not reply:
             return []
         if isinstance(reply, dict):  # RESP3: {stream: [entries]}
