@@ -82,7 +82,7 @@ class AsyncSessionManager(ManagerBase):
         """``client``: a redis.asyncio client, or valkey-glide's (storage/glide.py).
         ``client_factory`` makes a redis.asyncio client like ``client``: given one, the
         manager works from any event loop (one client each); without one, from the loop
-        ``client`` is on. valkey-glide's clients are made per loop without one."""
+        ``client`` is on. On valkey-glide, from one loop at a time."""
         if isinstance(client, (redis.asyncio.Redis, redis.asyncio.RedisCluster)):
             super().__init__(
                 client, settings, clock, isinstance(client, redis.asyncio.RedisCluster)
@@ -96,8 +96,8 @@ class AsyncSessionManager(ManagerBase):
 
     @classmethod
     def from_url(cls, url: str | None = None, **settings: Any) -> AsyncSessionManager:
-        """Connect to ``url`` (or REDSESSION_REDIS_URL) with Settings.async_driver's client;
-        usable from any event loop."""
+        """Connect to ``url`` (or REDSESSION_REDIS_URL) with Settings.async_driver's client:
+        redis-py's serves any event loop, valkey-glide's one loop at a time."""
         s = Settings(**settings)
         if s.async_driver == "valkey-glide":
             from redsession.storage.glide import glide_for

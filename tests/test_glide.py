@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 
 import glide
@@ -23,22 +22,11 @@ from redis.exceptions import (
 from redsession import AsyncSessionManager, ConfigError
 from redsession.storage.glide import redis_error
 from tests.conftest import ServerFactory
+from tests.topology import connected_clients
 
 
 def glide_manager(url: str, **settings: object) -> AsyncSessionManager:
     return AsyncSessionManager.from_url(url, async_driver="valkey-glide", **settings)
-
-
-def _connections(url: str, expected: int) -> int:
-    """Clients connected to the server, less the probe; a socket closed just now may take
-    the server a moment to see, so this waits up to a second for ``expected``."""
-    with redis.Redis.from_url(url) as probe:
-        for _ in range(10):
-            n = len(probe.client_list()) - 1
-            if n == expected:
-                break
-            time.sleep(0.1)
-        return n
 
 
 # -- what it refuses, at construction ------------------------------------------------------
@@ -162,9 +150,9 @@ def test_each_new_loop_takes_over_and_the_old_connections_close(
     sid = asyncio.run(m.create_session("alice")).session_id
     for n in range(5):
         asyncio.run(m.log_interaction(sid, user_message=str(n)))
-    assert _connections(server.url, 1) == 1
+    assert connected_clients(server.url, 1) == 1
     asyncio.run(m.close())
-    assert _connections(server.url, 0) == 0
+    assert connected_clients(server.url, 0) == 0
     again = glide_manager(server.url)
 
     async def read() -> int:

@@ -19,7 +19,6 @@ import sys
 import tarfile
 import tempfile
 import threading
-import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +41,7 @@ from redsession.integrations.openai_agents import RedsessionSession
 from redsession.services.embedded import RedisServer
 from redsession.storage.commands import Cmd
 from tests.drivers import several_loops_at_once
-from tests.topology import Cluster, redis_cluster  # noqa: F401  (the session's cluster)
+from tests.topology import Cluster, connected_clients, redis_cluster  # noqa: F401  (the session's cluster)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "openai_agents_chat.py"
@@ -479,18 +478,6 @@ def _collect_quietly() -> None:
         gc.collect()
 
 
-def _connections(url: str) -> int:
-    """Clients connected to the server, less the one asking; a socket closed just now may
-    take the server a moment to see, so fewer within a second count."""
-    with redis.Redis.from_url(url) as probe:
-        for _ in range(10):
-            n = len(probe.client_list()) - 1
-            if n == 0:
-                break
-            time.sleep(0.1)
-        return n
-
-
 def _left_open_by_short_lived_loops(url: str, loops: int) -> int:
     """Connections still open after ``loops`` threads each used the session from a new loop
     and closed the loop (as the SDK's own tests wrap run_sync), while the session's first
@@ -513,7 +500,7 @@ def _left_open_by_short_lived_loops(url: str, loops: int) -> int:
     home.run_until_complete(session.close())
     home.close()
     gc.collect()  # a client the driver no longer holds goes, with its sockets, here
-    return _connections(url)
+    return connected_clients(url)
 
 
 @several_loops_at_once
@@ -538,7 +525,7 @@ def _left_open_after_the_first_loop_closes(url: str) -> int:
     first.close()
     second.run_until_complete(session.add_items([{"loop": 2, "again": True}]))
     second.run_until_complete(session.close())
-    left = _connections(url)
+    left = connected_clients(url)
     second.close()
     return left
 

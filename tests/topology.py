@@ -259,6 +259,19 @@ def cluster_manager(
     return SessionManager(sync_client(cluster.url, s), s)
 
 
+def connected_clients(url: str, expected: int = 0) -> int:
+    """Clients connected to the server at ``url``, less the probe asking. A socket closed
+    just now may take the server a moment to see, so this waits up to a second for
+    ``expected`` before it answers what it counts."""
+    with redis.Redis.from_url(url) as probe:
+        for _ in range(10):
+            n = len(probe.client_list()) - 1
+            if n == expected:
+                break
+            time.sleep(0.1)
+        return n
+
+
 def async_cluster_manager(
     cluster: Cluster, settings: Settings | None = None, **kw: Any
 ) -> AsyncSessionManager:

@@ -171,63 +171,27 @@ class SyncDriver:
 
 class AsyncRunner(Generic[C]):
     """Runs store operations on an asyncio client of type C, never blocking the event loop:
-    what every asyncio driver shares (the client of each loop, retries, the observer).
-
-    An asyncio client belongs to the event loop that first used it. Given a ``factory``, the
-    runner keeps one client per running loop (``Runner.run_sync`` of an agent framework, a
-    thread with its own loop): the first loop gets ``client``, each other loop one made by
-    ``factory``, dropped with its loop. Without one, every call uses ``client``.
-    """
+    what every asyncio driver shares (retries, the observer, the operation loop). Each
+    driver says which client serves the running loop (client_for_loop), how a command is
+    executed and how a client is closed."""
 
     def __init__(
-        self,
-        client: C,
-        factory: Callable[[], C] | None = None,
-        retrying: Retrying = NO_RETRIES,
-        replicas: Replicas = NO_REPLICAS,
+        self, client: C, retrying: Retrying = NO_RETRIES, replicas: Replicas = NO_REPLICAS
     ) -> None:
         self.client = client
         self.retrying = retrying
         self.replicas = replicas
-        self._factory = factory
-        self._home: asyncio.AbstractEventLoop | None = None
-        self._others: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, C] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._lock = threading.Lock()
+        self._home: asyncio.AbstractEventLoop | None = None  # the loop ``client`` is on
+        self._lock = threading.Lock()  # threads with loops of their own ask at once
         self.observer: Observer | None = None
 
     def client_for_loop(self) -> C:
         """The client of the running event loop."""
-        if self._factory is None:
-            return self.client
-        loop = asyncio.get_running_loop()
-        with self._lock:  # threads with loops of their own ask at once
-            if self._home is None or self._home is loop:
-                self._home = loop
-                return self.client
-            self._forget_closed_loops()
-            if self._home.is_closed():  # its loop is gone, and its connections with it
-                self.client = self._others.pop(loop, None) or self._factory()
-                self._home = loop
-                return self.client
-            other = self._others.get(loop)
-            if other is None:
-                other = self._others[loop] = self._factory()
-            return other
-
-    def _forget_closed_loops(self) -> None:
-        # A client holds its loop (through its streams), so its weak key alone never lets
-        # go: drop the clients of closed loops, whose sockets close as they are collected.
-        for gone in [loop for loop in self._others if loop.is_closed()]:
-            del self._others[gone]
+        raise NotImplementedError
 
     async def close(self) -> None:
         """Close the running loop's client (another loop's cannot be closed from here)."""
-        client = self.client_for_loop()
-        with self._lock:
-            self._forget_closed_loops()
-        await self._close(client)
+        await self._close(self.client_for_loop())
 
     async def run(self, op: Op[T]) -> T:
         if self.observer is None:
@@ -269,9 +233,55 @@ class AsyncRunner(Generic[C]):
 
 
 class AsyncDriver(AsyncRunner[AsyncClient]):
-    """Runs store operations on a redis.asyncio client (standalone or cluster)."""
+    """Runs store operations on a redis.asyncio client (standalone or cluster).
+
+    A redis.asyncio client belongs to the event loop that first used it. Given a
+    ``factory``, the driver keeps one client per running loop (``Runner.run_sync`` of an
+    agent framework, a thread with its own loop): the first loop gets ``client``, each other
+    loop one made by ``factory``, dropped with its loop. Without one, every call uses
+    ``client``.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        factory: Callable[[], AsyncClient] | None = None,
+        retrying: Retrying = NO_RETRIES,
+        replicas: Replicas = NO_REPLICAS,
+    ) -> None:
+        super().__init__(client, retrying, replicas)
+        self._factory = factory
+        self._others: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def client_for_loop(self) -> AsyncClient:
+        if self._factory is None:
+            return self.client
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._home is None or self._home is loop:
+                self._home = loop
+                return self.client
+            self._forget_closed_loops()
+            if self._home.is_closed():  # its loop is gone, and its connections with it
+                self.client = self._others.pop(loop, None) or self._factory()
+                self._home = loop
+                return self.client
+            other = self._others.get(loop)
+            if other is None:
+                other = self._others[loop] = self._factory()
+            return other
+
+    def _forget_closed_loops(self) -> None:
+        # A client holds its loop (through its streams), so its weak key alone never lets
+        # go: drop the clients of closed loops, whose sockets close as they are collected.
+        for gone in [loop for loop in self._others if loop.is_closed()]:
+            del self._others[gone]
 
     async def _close(self, client: AsyncClient) -> None:
+        with self._lock:
+            self._forget_closed_loops()
         await client.aclose()
 
     async def _execute(self, client: AsyncClient, cmd: Cmd) -> Reply:

@@ -41,8 +41,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from redsession.config import Settings
 from redsession.errors import ConfigError
-from redsession.storage.commands import Arg, Batch, Cmd, Eval, OnEachPrimary, Reply, Scan
-from redsession.storage.connection import check_tls_files, parse_url
+from redsession.storage.commands import Arg, Batch, Cmd, Eval, OnEachPrimary, Reply, Scan, text
+from redsession.storage.connection import REDIS_PORT, check_tls_files, parse_url
 from redsession.storage.drivers import AsyncRunner, _evalsha_args, _next_cursors
 from redsession.storage.retries import NO_REPLICAS, NO_RETRIES, Replicas, Retrying
 
@@ -191,7 +191,7 @@ class GlideDriver(AsyncRunner[Glide]):
                 "write_replicas needs async_driver 'redis-py': WAIT would hold up "
                 "valkey-glide's shared connection"
             )
-        super().__init__(glide_, None, retrying, replicas)
+        super().__init__(glide_, retrying, replicas)
 
     def client_for_loop(self) -> Glide:
         """The running loop's clients. valkey-glide delivers every client's replies through
@@ -266,7 +266,7 @@ class GlideDriver(AsyncRunner[Glide]):
         # On a cluster the cursor is {node address: cursor}, one per primary still to walk.
         if cmd.cursor is None:
             replies = await c.custom_command([b"SCAN", b"0", *args], glide.AllPrimaries())
-            cursors = {_text(node): int(r[0]) for node, r in replies.items()}
+            cursors = {text(node): int(r[0]) for node, r in replies.items()}
             keys = [k for r in replies.values() for k in r[1]]
             return _next_cursors(cursors), keys
         name, cur = next(iter(cmd.cursor.items()))
@@ -276,16 +276,7 @@ class GlideDriver(AsyncRunner[Glide]):
         return _next_cursors({**cmd.cursor, name: int(nxt)}), keys
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 # -- configuration ---------------------------------------------------------------------------
-
-
-def _read(path: Any) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def glide_for(url: str | None, settings: Settings) -> Glide:
@@ -304,7 +295,8 @@ def glide_for(url: str | None, settings: Settings) -> Glide:
         if "path" in parts:
             addresses = [glide.NodeAddress(unix_socket_path=parts["path"])]
         else:
-            addresses = [glide.NodeAddress(parts.get("host", "localhost"), parts.get("port", 6379))]
+            host, port = parts.get("host", "localhost"), parts.get("port", REDIS_PORT)
+            addresses = [glide.NodeAddress(host, port)]
         user, password, db = parts.get("username"), parts.get("password"), parts.get("db", 0)
     else:
         addresses = [glide.NodeAddress(h, p) for h, p in t.nodes]
@@ -318,7 +310,7 @@ def glide_for(url: str | None, settings: Settings) -> Glide:
                 "switch off every check of the server's certificate"
             )
         tls = glide.TlsAdvancedConfiguration(
-            root_pem_cacerts=_read(settings.tls_ca_certs) if settings.tls_ca_certs else None,
+            root_pem_cacerts=settings.tls_ca_certs.read_bytes() if settings.tls_ca_certs else None,
             client_cert_path=settings.tls_certfile, client_key_path=settings.tls_keyfile,
         )  # fmt: skip
     common: dict[str, Any] = {
@@ -328,16 +320,13 @@ def glide_for(url: str | None, settings: Settings) -> Glide:
         "protocol": glide.ProtocolVersion.RESP2,  # the replies redis-py's drivers get
         "lazy_connect": True,  # like redis-py's clients: connect on first use
     }
+    advanced = {"connection_timeout": int(settings.connect_timeout * 1000), "tls_config": tls}
     if t.kind == "cluster":
-        advanced = glide.AdvancedGlideClusterClientConfiguration(
-            connection_timeout=int(settings.connect_timeout * 1000), tls_config=tls
-        )
         return Glide(glide.GlideClusterClientConfiguration(
-            addresses, advanced_config=advanced, **common), cluster=True)  # fmt: skip
-    advanced_ = glide.AdvancedGlideClientConfiguration(
-        connection_timeout=int(settings.connect_timeout * 1000), tls_config=tls
-    )
-    config = glide.GlideClientConfiguration(
-        addresses, database_id=int(db) if db else None, advanced_config=advanced_, **common
-    )
-    return Glide(config, cluster=False)
+            addresses, advanced_config=glide.AdvancedGlideClusterClientConfiguration(**advanced),
+            **common,
+        ), cluster=True)  # fmt: skip
+    return Glide(glide.GlideClientConfiguration(
+        addresses, database_id=int(db) if db else None,
+        advanced_config=glide.AdvancedGlideClientConfiguration(**advanced), **common,
+    ), cluster=False)  # fmt: skip
