@@ -43,7 +43,7 @@ test-wheel-server: $(STAMP)
 # every test file whose AsyncSessionManager comes from from_url, and the async tests of two more.
 GLIDE_TESTS := tests/test_async_manager.py tests/test_events.py tests/test_api.py \
 	tests/test_api_schema.py tests/test_adk.py tests/test_langgraph.py tests/test_pydantic_ai.py \
-	tests/test_openai_agents.py tests/test_repair.py tests/test_redis_auth.py
+	tests/test_openai_agents.py tests/test_repair.py tests/test_redis_auth.py tests/test_functions.py
 test-glide: $(STAMP)
 	REDSESSION_ASYNC_DRIVER=valkey-glide $(BIN)/pytest -q $(GLIDE_TESTS)
 	REDSESSION_ASYNC_DRIVER=valkey-glide $(BIN)/pytest -q tests/test_cluster.py tests/test_fuzz.py \

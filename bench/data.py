@@ -66,7 +66,7 @@ def load(
     """Import documents through redsession's own import path, pipelined ``batch`` at a time.
 
     Each import is validated and encoded by the core exactly as import_session_data does;
-    only the EVALSHA calls are sent together instead of one round trip each.
+    only the FCALL calls are sent together instead of one round trip each.
     """
     count = 0
     pending: list[tuple[Any, Eval]] = []
@@ -84,10 +84,10 @@ def _flush(client: redis.Redis, pending: list[tuple[Any, Eval]]) -> int:
     if not pending:
         return 0
     for script in {cmd.script for _, cmd in pending}:
-        client.script_load(script.source)
+        client.function_load(script.library, replace=True)
     pipe = client.pipeline(transaction=False)
     for _, cmd in pending:
-        pipe.evalsha(cmd.script.sha, len(cmd.keys), *cmd.keys, *cmd.args)
+        pipe.execute_command(*cmd.fcall())
     replies = pipe.execute()
     for (op, _), reply in zip(pending, replies):
         try:

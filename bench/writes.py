@@ -3,7 +3,7 @@
 The same log_interaction three ways, interleaved round by round on one server: as shipped
 (operation id and event), with the event stream off (Settings.events_maxlen=0), and with
 neither (the stamps' operation ids blanked, which the scripts read as "not deduplicated": a
-bench-only instrument, not a setting). The server's time per EVALSHA comes from INFO
+bench-only instrument, not a setting). The server's time per FCALL comes from INFO
 commandstats, so the client and the network are not in it.
 """
 
@@ -36,10 +36,10 @@ def _manager(url: str, variant: str) -> SessionManager:
     return m
 
 
-def _usec_per_evalsha(client: redis.Redis, run: Callable[[], None]) -> float:
+def _usec_per_script(client: redis.Redis, run: Callable[[], None]) -> float:
     client.config_resetstat()
     run()
-    stats = client.info("commandstats")["cmdstat_evalsha"]
+    stats = client.info("commandstats")["cmdstat_fcall"]
     return float(stats["usec_per_call"])
 
 
@@ -60,7 +60,7 @@ def writes(url: str, *, smoke: bool, rounds: int) -> list[Table]:
                         assistant_response=data.ASSISTANT_RESPONSE, metadata=data.METADATA,
                     )  # fmt: skip
 
-            per[v].append(_usec_per_evalsha(admin, run))
+            per[v].append(_usec_per_script(admin, run))
     keys = managers[VARIANTS[0]].keys
     sid = sids[VARIANTS[0]]
     ops_keys = (keys.ops(sid), keys.old_ops(sid))
@@ -76,7 +76,7 @@ def writes(url: str, *, smoke: bool, rounds: int) -> list[Table]:
     base = statistics.median(per[VARIANTS[2]])
     t = Table(
         "Writes — the server's time per log_interaction script (INFO commandstats)",
-        ["variant", "µs per EVALSHA (median of rounds)", "x neither"],
+        ["variant", "µs per FCALL (median of rounds)", "x neither"],
     )
     for v in VARIANTS:
         us = statistics.median(per[v])

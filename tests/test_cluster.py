@@ -162,12 +162,12 @@ def test_index_step_on_the_cluster(
     assert client.zscore(K.user_sessions("alice"), sid) is None
 
 
-def test_scripts_reload_after_script_flush(
+def test_scripts_reload_after_function_flush(
     make: Callable[..., SessionManager], client: redis.RedisCluster
 ) -> None:
     m = make()
     sid = m.create_session("alice").session_id
-    client.script_flush()  # on every primary
+    client.function_flush()  # on every primary
     m.log_interaction(sid, user_message="after flush")
     assert m.get_session(sid).total_interactions == 1
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import glide
 import pytest
-import redis
 from redis.exceptions import (
     AuthenticationError,
     MasterDownError,
@@ -82,19 +81,6 @@ async def test_server_errors_map_to_redis_py_exceptions(
 
 
 # -- scripts, blocking commands, loops -----------------------------------------------------
-
-
-async def test_scripts_flushed_from_the_server_are_loaded_again(
-    redis_url: str, redis_client: redis.Redis
-) -> None:
-    m = glide_manager(redis_url)
-    try:
-        sid = (await m.create_session("alice")).session_id
-        redis_client.script_flush()
-        await m.log_interaction(sid, user_message="after the flush")
-        assert [i.user_message for i in await m.get_history(sid)] == ["after the flush"]
-    finally:
-        await m.close()
 
 
 async def test_a_blocking_wait_holds_up_no_other_call(redis_url: str) -> None:

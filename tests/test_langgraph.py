@@ -271,8 +271,8 @@ async def test_aput_and_aget_tuple_run_the_same_commands_at_10_and_10000(
     assert counts[10] == counts[10_000]
     put, get = counts[10]
     print(f"aput + aput_writes: {put}; aget_tuple: {get}")
-    assert put["cmdstat_evalsha"] == 2  # aput and aput_writes: one script each
-    assert get["cmdstat_evalsha"] == 1  # aget_tuple: one script and one HMGET of blobs
+    assert put["cmdstat_fcall"] == 2  # aput and aput_writes: one script each
+    assert get["cmdstat_fcall"] == 1  # aget_tuple: one script and one HMGET of blobs
     assert get["cmdstat_hmget"] == 3  # the owner check, its writes, and its blobs
 
 

@@ -56,8 +56,8 @@ def _commandstats(client: redis.Redis | redis.RedisCluster) -> list[dict[str, An
     return [client.info("commandstats")]
 
 
-def _evalsha_calls(client: redis.Redis | redis.RedisCluster) -> int:
-    return sum(s.get("cmdstat_evalsha", {}).get("calls", 0) for s in _commandstats(client))
+def _script_calls(client: redis.Redis | redis.RedisCluster) -> int:
+    return sum(s.get("cmdstat_fcall", {}).get("calls", 0) for s in _commandstats(client))
 
 
 def _log(m: SessionManager, sid: str, text: str, **kw: object) -> None:
@@ -93,7 +93,7 @@ def test_create_with_client_id_and_context(manager: SessionManager) -> None:
 def test_bad_session_ids_are_rejected_before_redis(
     manager: SessionManager, redis_client: redis.Redis, bad: object
 ) -> None:
-    before = _evalsha_calls(redis_client)
+    before = _script_calls(redis_client)
     if bad is not None:  # None asks create_session to generate an id
         with pytest.raises(InvalidSessionId):
             manager.create_session("alice", session_id=bad)  # type: ignore[arg-type]
@@ -101,7 +101,7 @@ def test_bad_session_ids_are_rejected_before_redis(
         manager.get_session(bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidSessionId):
         manager.log_interaction(bad, user_message="hi")  # type: ignore[arg-type]
-    assert _evalsha_calls(redis_client) == before
+    assert _script_calls(redis_client) == before
 
 
 @pytest.mark.parametrize("bad", ["", "a b", "a{b", "x" * 257, None, "tab\t"])
@@ -251,7 +251,7 @@ def test_one_round_trip_per_mutation_and_no_keys(
         manager.resume_session(sid, "alice")
         manager.get_history(sid, limit=5)
 
-    three_calls()  # the first use of each script loads it (NOSCRIPT, SCRIPT LOAD)
+    three_calls()  # the first use of each script loads its library (FUNCTION LOAD)
     trips: list[object] = []
     execute = manager._driver._execute
     monkeypatch.setattr(manager._driver, "_execute", lambda cmd: trips.append(cmd) or execute(cmd))
@@ -266,12 +266,12 @@ def test_one_round_trip_per_mutation_and_no_keys(
         assert len(trips) == 6
     else:
         assert len(trips) == 3
-        assert redis_client.info("commandstats")["cmdstat_evalsha"]["calls"] == 3
+        assert redis_client.info("commandstats")["cmdstat_fcall"]["calls"] == 3
     manager.list_active_sessions("alice")
     manager.list_active_sessions()
     manager.cleanup_expired_sessions()
     manager.stats()
-    assert _evalsha_calls(redis_client) > 0  # the stats are real, so their absences count
+    assert _script_calls(redis_client) > 0  # the stats are real, so their absences count
     for stats in _commandstats(redis_client):
         assert "cmdstat_keys" not in stats
         assert "cmdstat_scan" not in stats

@@ -177,10 +177,10 @@ def bulk_import(manager: SessionManager, docs: Sequence[object], chunk: int = 20
             pipe = client.pipeline(transaction=False)
             for _, cmd in pending:
                 if isinstance(cmd, Eval):
-                    if cmd.script.sha not in loaded:
-                        client.script_load(cmd.script.source)
-                        loaded.add(cmd.script.sha)
-                    pipe.evalsha(cmd.script.sha, len(cmd.keys), *cmd.keys, *cmd.args)
+                    if cmd.script.function not in loaded:
+                        client.function_load(cmd.script.library, replace=True)
+                        loaded.add(cmd.script.function)
+                    pipe.execute_command(*cmd.fcall())
                 else:
                     assert isinstance(cmd, Batch)
                     for c in cmd.commands:

@@ -223,7 +223,9 @@ class Checkpoints:
         return (yield from self._page(sid, t, lo, bound, count))
 
     def _page(self, sid: str, t: Stamp, lo: str, hi: str | bytes, count: int) -> Op[Page]:
-        _, rows, last = yield from self.store._run(CHECKPOINTS, sid, None, t, lo, hi, count)
+        _, rows, last = yield from self.store._run(
+            CHECKPOINTS, sid, None, t, lo, hi, count, readonly=True
+        )
         out = []
         for c, payload, keys, values in rows:
             _, ns, cid = parse(text(c))

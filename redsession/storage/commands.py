@@ -17,17 +17,47 @@ Arg = str | bytes | int | float
 Reply = Any  # what redis-py hands back: bytes, str, int, lists of those
 
 
+# A Script's code as a Redis function library (Redis 7+), a library of its own named after
+# a hash of its code, so that the releases of a rolling deploy each call their own code on
+# one server. ``setup`` runs once, when the library loads; the body on every call, with KEYS
+# and ARGV set as EVAL sets them. Each script is registered twice: as a write, and with the
+# no-writes flag for the calls that only read (Eval.readonly), which Redis lets run where
+# writes are refused (at maxmemory, on a replica) as it would a plain read.
+_LIBRARY = """#!lua name={library}
+local KEYS, ARGV
+{setup}
+local function run(keys, args)
+  KEYS, ARGV = keys, args
+{body}
+end
+redis.register_function('{function}', run)
+redis.register_function{{function_name='{function}_ro', callback=run, flags={{'no-writes'}}}}
+"""
+
+
 @dataclass(frozen=True)
 class Script:
-    """A Lua script; run by SHA (EVALSHA), loaded on the first NOSCRIPT."""
+    """A Lua script, run as a Redis function (FCALL), loaded on the first "Function not
+    found" (a server that lost its functions, or a new node). See _LIBRARY."""
 
     name: str
-    source: str
+    body: str  # runs on every call; KEYS and ARGV as in EVAL
+    setup: str = ""  # runs once, at load: the local functions and variables the body uses
     writes: bool = False  # changes data: with Settings.write_replicas, WAIT follows it
-    sha: str = field(init=False, repr=False)
+    function: str = field(init=False, repr=False)  # FCALL's name of it
+    readonly_function: str = field(init=False, repr=False)  # of its no-writes twin
+    library: str = field(init=False, repr=False)  # FUNCTION LOAD's source
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+        code = f"{self.name}\0{self.setup}\0{self.body}\0{_LIBRARY}".encode()
+        digest = hashlib.sha1(code).hexdigest()[:16]
+        function = f"rs_{self.name}_{digest}"
+        library = _LIBRARY.format(
+            library=f"rs_{digest}", setup=self.setup, body=self.body, function=function
+        )
+        object.__setattr__(self, "function", function)
+        object.__setattr__(self, "readonly_function", function + "_ro")
+        object.__setattr__(self, "library", library)
 
 
 # The commands are named tuples: as immutable as frozen dataclasses, and 2.5 times cheaper
@@ -35,11 +65,18 @@ class Script:
 
 
 class Eval(NamedTuple):
-    """Run one script (EVALSHA, loading it on NOSCRIPT)."""
+    """Run one script (FCALL, loading its library when the server has not got it)."""
 
     script: Script
     keys: tuple[str, ...]
     args: tuple[Arg, ...]
+    readonly: bool = False  # this call only reads: its no-writes function
+
+    def fcall(self) -> tuple[Arg, ...]:
+        """The FCALL command."""
+        s = self.script
+        name = s.readonly_function if self.readonly else s.function
+        return ("FCALL", name, len(self.keys), *self.keys, *self.args)
 
 
 class Batch(NamedTuple):

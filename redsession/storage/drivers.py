@@ -17,10 +17,10 @@ from typing import Any, Generic, TypeVar
 
 import redis
 import redis.asyncio
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from redsession.errors import CorruptData, StorageError, StorageUnavailable
-from redsession.storage.commands import Arg, Cmd, Eval, OnEachPrimary, Op, Reply, Scan, T
+from redsession.storage.commands import Cmd, Eval, OnEachPrimary, Op, Reply, Scan, T
 from redsession.storage.retries import NO_REPLICAS, NO_RETRIES, TRANSIENT, Replicas, Retrying
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
@@ -43,8 +43,19 @@ def _name(op: Op[Any]) -> str:
     return getattr(op, "__name__", "operation")  # a generator's: its function's name
 
 
-def _evalsha_args(cmd: Eval) -> tuple[Arg, ...]:
-    return (cmd.script.sha, len(cmd.keys), *cmd.keys, *cmd.args)
+def function_missing(e: Exception) -> bool:
+    """Whether FCALL failed because the server has not got the script's library: one that
+    lost its functions (FUNCTION FLUSH, no persistence) or never had them (a new node, a
+    new release). The driver loads it (FUNCTION LOAD, on every primary of a cluster) and
+    calls again."""
+    return "Function not found" in str(e)
+
+
+def _target(client: redis.RedisCluster | redis.asyncio.RedisCluster, cmd: Eval) -> Any:
+    # The node of the script's slot, named by the driver: redis-py would otherwise ask the
+    # server for FCALL's keys (COMMAND GETKEYS) on every call. A MOVED reply still sends it
+    # on, and a failed node has redis-py reload its map before the driver retries.
+    return client.get_node_from_key(cmd.keys[0])
 
 
 def _direct_pool(client: object) -> Any:
@@ -115,10 +126,12 @@ class SyncDriver:
         if isinstance(cmd, Eval):
             try:
                 return self._eval(cmd)
-            except NoScriptError:
-                # On a cluster SCRIPT LOAD goes to every primary; NOSCRIPT comes back
-                # after a failover or a SCRIPT FLUSH, as scripts are cached per node.
-                self.client.script_load(cmd.script.source)
+            except ResponseError as e:
+                if not function_missing(e):
+                    raise
+                # REPLACE: a concurrent load of the same code is no error. On a cluster
+                # redis-py sends FUNCTION LOAD to every primary.
+                self.client.function_load(cmd.script.library, replace=True)
                 return self._eval(cmd)
         if isinstance(cmd, OnEachPrimary):
             if isinstance(self.client, redis.RedisCluster):
@@ -136,16 +149,19 @@ class SyncDriver:
         r = self.replicas
         if not (r.count and cmd.script.writes):
             pool = self._pool
-            if pool is None:
-                return self.client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
-            conn = pool.get_connection()
-            try:
-                conn.send_packed_command(conn.pack_command("EVALSHA", *_evalsha_args(cmd)))
-                return conn.read_response()
-            finally:
-                pool.release(conn)
+            if pool is not None:
+                conn = pool.get_connection()
+                try:
+                    conn.send_packed_command(conn.pack_command(*cmd.fcall()))
+                    return conn.read_response()
+                finally:
+                    pool.release(conn)
+            if isinstance(self.client, redis.RedisCluster):
+                target = _target(self.client, cmd)
+                return self.client.execute_command(*cmd.fcall(), target_nodes=target)  # type: ignore[no-untyped-call]
+            return self.client.execute_command(*cmd.fcall())  # type: ignore[no-untyped-call]
         pipe = self.client.pipeline(transaction=False)
-        pipe.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+        pipe.execute_command(*cmd.fcall())
         pipe.execute_command("WAIT", r.count, r.timeout_ms)
         reply, acked = pipe.execute()
         r.check(acked)
@@ -295,8 +311,10 @@ class AsyncDriver(AsyncRunner[AsyncClient]):
         if isinstance(cmd, Eval):
             try:
                 return await self._eval(client, cmd)
-            except NoScriptError:
-                await client.script_load(cmd.script.source)
+            except ResponseError as e:
+                if not function_missing(e):
+                    raise
+                await client.function_load(cmd.script.library, replace=True)
                 return await self._eval(client, cmd)
         if isinstance(cmd, OnEachPrimary):
             if isinstance(client, redis.asyncio.RedisCluster):
@@ -314,16 +332,18 @@ class AsyncDriver(AsyncRunner[AsyncClient]):
         r = self.replicas
         if not (r.count and cmd.script.writes):
             pool = _direct_pool(client)  # per call: a loop of its own has a client of its own
-            if pool is None:
-                return await client.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
-            conn = await pool.get_connection()
-            try:
-                await conn.send_packed_command(conn.pack_command("EVALSHA", *_evalsha_args(cmd)))
-                return await conn.read_response()
-            finally:
-                await pool.release(conn)
+            if pool is not None:
+                conn = await pool.get_connection()
+                try:
+                    await conn.send_packed_command(conn.pack_command(*cmd.fcall()))
+                    return await conn.read_response()
+                finally:
+                    await pool.release(conn)
+            if isinstance(client, redis.asyncio.RedisCluster):
+                return await client.execute_command(*cmd.fcall(), target_nodes=_target(client, cmd))
+            return await client.execute_command(*cmd.fcall())  # type: ignore[no-untyped-call]
         pipe = client.pipeline(transaction=False)
-        pipe.evalsha(*_evalsha_args(cmd))  # type: ignore[arg-type]
+        pipe.execute_command(*cmd.fcall())
         pipe.execute_command("WAIT", r.count, r.timeout_ms)
         reply, acked = await pipe.execute()
         r.check(acked)

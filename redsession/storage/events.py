@@ -27,11 +27,13 @@ CURSOR, DEAD = "cursor:", "dead:"  # the consumers hash's fields: + the consumer
 # Reply: 1 if the cursor moved, 0 if it was already there or past it.
 ACK = Script(
     "event_ack",
-    """
+    setup="""
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-?(%d*)$')
   return tonumber(ms), tonumber(seq) or 0
 end
+""",
+    body="""
 local field = 'cursor:' .. ARGV[1]
 local cur = redis.call('HGET', KEYS[1], field)
 if cur then

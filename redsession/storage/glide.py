@@ -43,7 +43,7 @@ from redsession.config import Settings
 from redsession.errors import ConfigError
 from redsession.storage.commands import Arg, Batch, Cmd, Eval, OnEachPrimary, Reply, Scan, text
 from redsession.storage.connection import REDIS_PORT, check_tls_files, parse_url
-from redsession.storage.drivers import AsyncRunner, _evalsha_args, _next_cursors
+from redsession.storage.drivers import AsyncRunner, _next_cursors, function_missing
 from redsession.storage.retries import NO_REPLICAS, NO_RETRIES, Replicas, Retrying
 
 try:
@@ -230,17 +230,16 @@ class GlideDriver(AsyncRunner[Glide]):
 
     async def _send(self, c: Any, cluster: bool, cmd: Cmd) -> Reply:
         if isinstance(cmd, Eval):
-            evalsha = [b"EVALSHA", *_args(_evalsha_args(cmd))]
+            fcall = _args(cmd.fcall())  # valkey-glide routes FCALL by its keys
             try:
-                return await c.custom_command(evalsha)
+                return await c.custom_command(fcall)
             except glide.RequestError as e:
-                if not isinstance(redis_error(e), NoScriptError):
+                if not function_missing(e):
                     raise
-                # Scripts are cached per node: NOSCRIPT after a failover or SCRIPT FLUSH.
-                load = [b"SCRIPT", b"LOAD", cmd.script.source.encode()]
+                load = [b"FUNCTION", b"LOAD", b"REPLACE", cmd.script.library.encode()]
                 await (c.custom_command(load, glide.AllPrimaries()) if cluster
                        else c.custom_command(load))  # fmt: skip
-                return await c.custom_command(evalsha)
+                return await c.custom_command(fcall)
         if isinstance(cmd, Scan):
             return await self._scan(c, cluster, cmd)
         if isinstance(cmd, OnEachPrimary):

@@ -1,8 +1,10 @@
 """The Lua scripts behind every session operation: each one round trip, atomic on its slot.
 
 Every script runs with the same KEYS and leading ARGV, set out in PRELUDE, then arguments
-of its own (ARGV[7] on), documented at each script, then a trailer of three that PRELUDE
-takes off (the event stream's length, the operation window, the operation id). A write
+of its own (ARGV[7] on), documented at each script, then a trailer of three that PRELUDE's
+begin() takes off (the event stream's length, the operation window, the operation id). Each
+is a Redis function (commands.Script): PRELUDE's local functions are defined once, when its
+library loads, and every call only sets the variables they read (begin). A write
 runs once per operation id: a retry whose first reply was lost gets that reply and changes
 nothing. Writes put an event on the stream (ids and kinds, never content) in the same
 script on one server. Scripts reply with a status table:
@@ -46,29 +48,39 @@ PRELUDE = f"""
 --   them in a second step), ARGV[2] now (µs: times of records, the dirty stamp),
 -- ARGV[3] the activity time (µs; '' = now), ARGV[4] the new expiry (µs),
 -- ARGV[5] the preferences' TTL (ms), ARGV[6] the owner required ('' = any).
--- The last three ARGV, taken off here so that #ARGV counts a script's own: the event
+-- The last three ARGV, taken off by begin() so that #ARGV counts a script's own: the event
 -- stream's MAXLEN ('0' = no events), how long a session remembers an operation (ms), and
 -- the operation id of a write ('' = a read).
-local OP = table.remove(ARGV)
-local OP_WINDOW_MS = tonumber(table.remove(ARGV))
-local EVENTS = tonumber(table.remove(ARGV))
-local HASH = KEYS[1]
-local LOG, TOMB = HASH .. '{LOG_SUFFIX}', HASH .. '{TOMB_SUFFIX}'
-local OPS = HASH .. '{OPS_SUFFIX}'
-local OLDOPS = OPS .. '{OLD_OPS_SUFFIX}'
-local SIDE, SIDEIX = HASH .. '{SIDE_SUFFIX}', HASH .. '{SIDE_INDEX_SUFFIX}'
-local P, NOW, ACTIVE, EXP_US = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local PREFS_MS, OWNER = ARGV[5], ARGV[6]
-if ACTIVE == '' then ACTIVE = NOW end
--- PEXPIREAT takes ms; %.0f: a Lua number as an integer, not in exponent form
-local EXP_MS = string.format('%.0f', math.floor(tonumber(EXP_US) / 1000))
-local SID = string.sub(HASH, #P + {len(SESSION_HEAD)} + 1, -{len(SESSION_TAIL)} - 1)
+-- begin() sets them, on every call; the local functions below, defined once, read them.
+local OP, OP_WINDOW_MS, EVENTS, HASH, LOG, TOMB, OPS, OLDOPS, SIDE, SIDEIX
+local P, NOW, ACTIVE, EXP_US, EXP_MS, PREFS_MS, OWNER, SID
+-- The session's topics (JSON) as owner() read them, for add_topics (one read fewer).
+local TOPICS
 
+-- A time in ms from one in µs, both integers as text (the digits but the last three: no
+-- number formatting, which costs more than the rest of begin()).
+local function ms(us)
+  return string.sub(us, 1, -4)
+end
+
+local function begin()
+  local n = #ARGV
+  OP, OP_WINDOW_MS, EVENTS = ARGV[n], ARGV[n - 1], ARGV[n - 2]
+  ARGV[n], ARGV[n - 1], ARGV[n - 2] = nil, nil, nil
+  HASH = KEYS[1]
+  LOG, TOMB = HASH .. '{LOG_SUFFIX}', HASH .. '{TOMB_SUFFIX}'
+  OPS = HASH .. '{OPS_SUFFIX}'
+  OLDOPS = OPS .. '{OLD_OPS_SUFFIX}'
+  SIDE, SIDEIX = HASH .. '{SIDE_SUFFIX}', HASH .. '{SIDE_INDEX_SUFFIX}'
+  P, NOW, ACTIVE, EXP_US = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+  PREFS_MS, OWNER = ARGV[5], ARGV[6]
+  if ACTIVE == '' then ACTIVE = NOW end
+  EXP_MS = ms(EXP_US)  -- PEXPIREAT takes ms
+  SID = string.sub(HASH, #P + {len(SESSION_HEAD)} + 1, -{len(SESSION_TAIL)} - 1)
+  TOPICS = false
+end
 """
 PRELUDE += """
--- The session's topics (JSON) as owner() read them, for add_topics (one read fewer).
-local TOPICS = false
-
 -- The live session's owner, or nil and the reply that says why there is none. A write is
 -- refused while a merge has fenced the session: it answers as the merged tombstone will.
 -- A merged tombstone (and a fence) names the primary's owner, who alone may follow it.
@@ -188,7 +200,7 @@ PRELUDE += f"""
 -- An event on the stream: ids and a kind, never content. On a cluster (P '') the caller
 -- writes it in its second step (store.py), deduplicated by operation id there.
 local function event(kind, uid, ...)
-  if P == '' or EVENTS == 0 then return end
+  if P == '' or EVENTS == '0' then return end
   redis.call('XADD', P .. '{GLOBAL_SUFFIXES["events"]}', 'MAXLEN', '~', EVENTS, '*',
     'kind', kind, 'sid', SID, 'uid', uid, 'op', OP, 'at', NOW, ...)
 end
@@ -256,14 +268,14 @@ end
 
 
 def _session(name: str, body: str) -> Script:
-    """A script that reads a session."""
-    return Script(name, PRELUDE + body)
+    """A script that reads a session: PRELUDE defined once, at load; begin() on each call."""
+    return Script(name, f"begin()\n{body}", setup=PRELUDE)
 
 
 def _write(name: str, body: str) -> Script:
     """A script that changes a session: once per operation id (PRELUDE's once)."""
-    source = f"{PRELUDE}local function apply()\n{body}\nend\nreturn once(apply)\n"
-    return Script(name, source, writes=True)
+    setup = f"{PRELUDE}\nlocal function apply()\n{body}\nend\n"
+    return Script(name, "begin()\nreturn once(apply)", setup=setup, writes=True)
 
 
 # ARGV[7] user id, ARGV[8] context JSON, ARGV[9] created_at (µs), ARGV[10] scope (JSON,
@@ -602,7 +614,7 @@ local function later(a, b) if tonumber(a) > tonumber(b) then return a end return
 if tonumber(ARGV[9]) < tonumber(cur[1]) then redis.call('HSET', HASH, 'created_at', ARGV[9]) end
 ACTIVE = later(cur[2], ACTIVE)
 EXP_US = later(cur[3], EXP_US)
-EXP_MS = string.format('%.0f', math.floor(tonumber(EXP_US) / 1000))
+EXP_MS = ms(EXP_US)
 add_topics(r0 + k, nil)
 for i = 12, 11 + m, 2 do redis.call('HSETNX', HASH, ARGV[i], ARGV[i + 1]) end
 local v = tonumber(cur[4])

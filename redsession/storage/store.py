@@ -90,9 +90,11 @@ class Store:
     # -- session scripts ---------------------------------------------------------------
 
     def _eval(
-        self, script: Script, sid: str, owner: str | None, t: Stamp, *extra: Arg, key: str = ""
-    ) -> Eval:
-        """A session script (``key``: another key run on the session prelude)."""
+        self, script: Script, sid: str, owner: str | None, t: Stamp, *extra: Arg, key: str = "",
+        readonly: bool = False,
+    ) -> Eval:  # fmt: skip
+        """A session script (``key``: another key run on the session prelude; ``readonly``:
+        this call writes nothing, see Eval)."""
         active = "" if t.activity == t.now else t.activity
         return Eval(
             script,
@@ -101,13 +103,15 @@ class Store:
                 self._prefix, t.now, active, t.expires, self._prefs_ms, owner or "", *extra,
                 self._events, self._op_window_ms, t.op,
             ),
+            readonly,
         )  # fmt: skip
 
     def _run(
-        self, script: Script, sid: str, owner: str | None, t: Stamp, *extra: Arg
-    ) -> Op[list[Reply]]:
+        self, script: Script, sid: str, owner: str | None, t: Stamp, *extra: Arg,
+        readonly: bool = False,
+    ) -> Op[list[Reply]]:  # fmt: skip
         """Run a session script; raise what its status says, return the rest of the reply."""
-        reply: list[Reply] = yield self._eval(script, sid, owner, t, *extra)
+        reply: list[Reply] = yield self._eval(script, sid, owner, t, *extra, readonly=readonly)
         status = text(reply[0])
         if status == "exists":
             raise SessionExists(f"session {sid!r} already exists (or was deleted or merged)")
@@ -153,7 +157,7 @@ class Store:
         """``fetch``, and with ``side`` the side data too (see Side), in the same step."""
         mode = ("2" if self._resume_events else "1") if touch else "3" if slide else "0"
         reply = yield from self._run(
-            scripts.FETCH, sid, owner, t, mode, history, "1" if side else "0"
+            scripts.FETCH, sid, owner, t, mode, history, "1" if side else "0", readonly=mode == "0"
         )
         flat, hist = reply[1], reply[2]
         data = Side(raw_hash(reply[3][0]), list(reply[3][1])) if side else None
@@ -174,7 +178,7 @@ class Store:
         """The newest ``limit`` records (None: all) of those at positions before ``before``."""
         _, uid, _, records = yield from self._run(
             scripts.HISTORY, sid, owner, t, "1" if touch else "0",
-            "" if limit is None else limit, "" if before is None else before,
+            "" if limit is None else limit, "" if before is None else before, readonly=not touch,
         )  # fmt: skip
         if touch:
             yield from self._index(sid, text(uid), t)
@@ -185,7 +189,7 @@ class Store:
     ) -> Op[list[Reply]]:
         """The records whose time is ``since`` or later (see scripts.AFTER for ``floor``)."""
         _, uid, records = yield from self._run(
-            scripts.AFTER, sid, owner, t, "1" if touch else "0", since, floor
+            scripts.AFTER, sid, owner, t, "1" if touch else "0", since, floor, readonly=not touch
         )
         if touch:
             yield from self._index(sid, text(uid), t)
@@ -193,7 +197,7 @@ class Store:
 
     def entry(self, sid: str, owner: str | None, t: Stamp, rid: str) -> Op[bytes | None]:
         """The record whose id is ``rid``, or None (see scripts.ENTRY)."""
-        reply = yield from self._run(scripts.ENTRY, sid, owner, t, rid)
+        reply = yield from self._run(scripts.ENTRY, sid, owner, t, rid, readonly=True)
         return reply[2] if len(reply) > 2 else None
 
     def append(
@@ -442,7 +446,7 @@ class Store:
         family = self.keys.session_family
         head, tail = family.head, family.tail
         raw, rows = yield Eval(
-            PAGE_SUMMARIES, (key,), (offset, offset + count - 1, head, tail, *SUMMARY_FIELDS)
+            PAGE_SUMMARIES, (key,), (offset, offset + count - 1, head, tail, *SUMMARY_FIELDS), True
         )
         return (yield from members(key, raw)), _summary_rows(rows)
 
