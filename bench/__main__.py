@@ -18,8 +18,8 @@ from bench.harness import FULL, SMOKE
 from bench.ops import OPS
 
 SECTIONS = (
-    "ops", "instructions", "growth", "dump", "mirror", "memory", "writes", "api", "frameworks",
-    "checkpoints",
+    "ops", "instructions", "server", "growth", "dump", "mirror", "memory", "writes", "api",
+    "frameworks", "checkpoints",
 )
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -52,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
             duration=args.duration or budget.duration, rounds=args.rounds or budget.rounds,
             warmup=budget.warmup, processes=budget.processes, concurrency=budget.concurrency,
         )  # fmt: skip
-    # A smoke run leaves out the instruction counts (a minute of valgrind; CI runs them as
-    # `make bench-instructions`) unless asked for.
-    default = tuple(x for x in SECTIONS if x != "instructions") if args.smoke else SECTIONS
+    # A smoke run leaves out the instruction counts (minutes of valgrind; CI runs the
+    # client's as `make bench-instructions`) unless asked for.
+    valgrind = ("instructions", "server")
+    default = tuple(x for x in SECTIONS if x not in valgrind) if args.smoke else SECTIONS
     sections = tuple(args.section or default)
     setups = tuple(args.setup or suite.SETUPS)
     ops = tuple(args.op or OPS)
@@ -94,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
                 table, lines = report.instruction_table(counts, canned.LIMIT)
                 tables.append(table)
                 targets += lines
+        if "server" in sections:
+            from bench import server
+
+            if shutil.which("valgrind") is None:
+                targets.append("server CPU: not counted (valgrind is not installed)")
+            else:
+                tables.append(server.table(server.measure()))
         if "growth" in sections:
             from bench import growth
 

@@ -32,6 +32,9 @@ PREAMBLE = """
   run after run on a noisy machine, where seconds do not; the target is at most 1.5x the
   hand-rolled store's count. `make bench-instructions` checks redsession's counts against
   bench/instructions.json in CI (a regression of more than 10% fails).
+- **Server CPU** is counted the same way on redis-server itself, run under callgrind by the
+  harness (bench/server.py): instructions per call for the whole server (request, script,
+  AOF feed, reply), on the operations benchmark's sessions.
 - Setups: one synchronous client; asyncio with 64 concurrent tasks on one event loop
   (`AsyncSessionManager`); 4 processes with a synchronous client each (the aggregate
   rate; latencies pooled). The server shares the machine's 2 cores with the clients.
@@ -152,24 +155,47 @@ the full run, ratios to the hand-rolled store on redis.asyncio in the same run:
   valkey-glide serves one event loop at a time). It refuses Sentinel, write_replicas and
   tls_check_hostname off (docs/design.md), so redis-py stays the default.
 
+### Issue 15, fourth pass (2026-12-03): the scripts as Redis functions
+
+The session scripts run as Redis functions (`FCALL`, docs/design.md "Functions, not
+EVALSHA"): the prelude's ~20 helpers are made once, when the library loads, where an EVAL
+script built them on every call; the per-call `begin()` lost a `string.format` of the expiry
+and three `table.remove`s. Counted with `python -m bench.server` (new: redis-server under
+callgrind, the whole server per call: request, script, AOF feed, reply; two or three runs
+each, which agree within 1.5%: the server's own timers run meanwhile):
+
+| operation | before: EVALSHA (7e6a87d) | after: FCALL | hand-rolled, same runs | x hand-rolled before / after |
+|---|---:|---:|---:|---:|
+| log_interaction | 353,350 | 319,398-323,777 | 204,358-207,597 | 1.729 / 1.554-1.575 |
+| resume | 576,661 | 545,911-547,260 | 513,249-528,515 | 1.124 / 1.034-1.035 |
+
+- What is left of log_interaction's 115,000 over the hand-rolled script, each part measured
+  by taking it out: the event ~37,000 (XADD and its AOF feed), the operation id ~33,000 at
+  a few ids per session and ~52,000 near 128 (HGET scans the ops hash, a listpack), begin()
+  ~14,700 (key names, the trailer), the side keys' EXISTS ~3,600, the ops hash's PEXPIREAT.
+  The hand-rolled store has no operation ids and no events: they are the features of
+  "writes that are safe to retry, and an event stream", not overhead of how they are
+  written. resume is now at 1.03x on the server: its gap is the client's.
+- Client instructions are unchanged (`make bench-instructions`: log 309,427, resume 813,899).
+- End to end, six alternating runs (old, new, old, ...; `--setup sync --setup processes`,
+  5 rounds each, 18:00-18:12, load average 2.0-3.1 from other work on the machine):
+  sync log_interaction 0.733 / 0.685 / 0.792 before against 0.782 / 0.784 / 0.949 after
+  (medians 0.73 -> 0.78, and higher in each pair); sync resume 0.75 -> 0.73, 4 processes
+  log 0.80 -> 0.73 and resume 0.69 -> 0.74: those three moved within this machine's noise.
+
 - hiredis pays: compare the `redsession, no hiredis` rows (pure-Python parser) above.
   orjson does every JSON encode.
 
 ### Where the rest of the gap to the raw limit is (2026-12-03)
 
-- **The server.** Counted with callgrind on redis-server, one log_interaction script is
-  277,001 instructions against the hand-rolled store's 155,431. The parts, each measured by
-  taking it out: passing ~20 arguments and dispatching EVALSHA 44,800 (a script that returns
-  at once; the hand-rolled one pays it too); the prelude 37,000 (19,500 for reading the
-  trailer and building the key names, 17,600 for creating ~20 local functions on every
-  call, which EVAL cannot keep between calls); the operation id ~30,000 (four calls: two
-  HGETs, HSET, HLEN); the event ~15,000 (XADD; its field count makes no difference). Each
-  `redis.call` costs 3,000-7,000 instructions (writes are propagated to the AOF one by one),
-  and we make 19 against the hand-rolled 12. The next levers are Redis Functions (FCALL:
-  the helpers defined once at load, not per call; Redis 7+, but a library per release to
-  load and retire on every node) and deriving the expiry and dirty indexes from the activity
-  index, which changes cleanup and the dump. In the 4-process setup the server's CPU is
-  shared with the clients on 2 cores, so this shows most there.
+- **The server.** Since the fourth pass (above): log_interaction 1.55-1.58x the hand-rolled
+  store's server instructions, the difference being the operation id and the event (its
+  features) and ~15,000 of per-call set-up; resume 1.03x. An earlier count (277,001 against
+  155,431, before the fourth pass) left out reading the request and the AOF feed, which
+  `python -m bench.server` counts. Deriving the expiry and dirty indexes from the activity
+  index, the other server lever named before, changes cleanup and the dump and saves two
+  ZADDs (~16,000) of log_interaction's ~320,000: not done. In the 4-process setup the
+  server's CPU is shared with the clients on 2 cores, so this shows most there.
 - **resume, client.** pydantic validating 20 records from JSON takes 36 µs where orjson
   decodes them in 16 µs; msgspec checks the same types in 15 µs, and building the models
   from its structs without a second validation would save ~6 µs of the ~97 µs a canned
