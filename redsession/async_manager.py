@@ -54,10 +54,12 @@ from redsession.model.models import (
     WorkerStatus,
     utcnow,
 )
+from redsession.storage import libraries
 from redsession.storage.checkpoints import Row as CheckpointRow
 from redsession.storage.commands import Op
 from redsession.storage.connection import async_client
 from redsession.storage.drivers import AsyncDriver, AsyncRunner
+from redsession.storage.libraries import PruneReport
 
 if TYPE_CHECKING:
     from redsession.storage.glide import Glide
@@ -504,3 +506,6 @@ class AsyncSessionManager(ManagerBase):
 
     async def repair_indexes(self, *, batch: int = repair.REPAIR_BATCH) -> RepairReport:
         return await self.run(repair.repair_indexes(self.core, batch))
+
+    async def prune_scripts(self, *, dry_run: bool = False) -> PruneReport:
+        return await self.run(libraries.prune(dry_run))

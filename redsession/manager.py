@@ -54,11 +54,13 @@ from redsession.model.models import (
     WorkerStatus,
     utcnow,
 )
+from redsession.storage import libraries
 from redsession.storage.checkpoints import Row as CheckpointRow
 from redsession.storage.commands import Op
 from redsession.storage.connection import sync_client
 from redsession.storage.drivers import Observer, SyncDriver
 from redsession.storage.keys import Keys
+from redsession.storage.libraries import PruneReport
 from redsession.storage.retries import Replicas, Retrying
 from redsession.storage.store import Store
 
@@ -598,3 +600,8 @@ class SessionManager(ManagerBase):
     def repair_indexes(self, *, batch: int = repair.REPAIR_BATCH) -> RepairReport:
         """Rebuild every index entry from the session hashes and drop stale ones (SCAN)."""
         return self.run(repair.repair_indexes(self.core, batch))
+
+    def prune_scripts(self, *, dry_run: bool = False) -> PruneReport:
+        """Delete other releases' script libraries from the server (storage/libraries.py).
+        Needs FUNCTION LIST and FUNCTION DELETE, which the app's ACL user has not got."""
+        return self.run(libraries.prune(dry_run))

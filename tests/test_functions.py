@@ -3,20 +3,22 @@ code, and a no-writes twin that serves reads where Redis refuses writes."""
 
 from __future__ import annotations
 
-import types
+from pathlib import Path
 
 import pytest
 import redis
+from click.testing import CliRunner
 
 from redsession import AsyncSessionManager, SessionManager, StorageError
+from redsession.cli import cli as main_cli
+from redsession.cli.errors import EXIT_STORAGE
 from redsession.config import Settings
-from redsession.storage import checkpoints, events, indexes, scripts, store
+from redsession.storage import libraries, scripts
 from redsession.storage.commands import Eval, Script, text
 from redsession.storage.drivers import SyncDriver
 from tests.conftest import ServerFactory
 
-MODULES: tuple[types.ModuleType, ...] = (scripts, indexes, store, events, checkpoints)
-ALL = [v for m in MODULES for v in vars(m).values() if isinstance(v, Script)]
+ALL = libraries.release_scripts()
 
 
 def _functions(client: redis.Redis) -> dict[str, list[str]]:
@@ -76,10 +78,7 @@ def test_each_release_calls_its_own_code(redis_client: redis.Redis) -> None:
     driver = SyncDriver(redis_client)
 
     def call(s: Script) -> object:
-        def op():  # type: ignore[no-untyped-def]
-            return (yield Eval(s, ("probe",), ()))
-
-        return driver.run(op())
+        return driver.run(_call(s))
 
     assert (call(old), call(new), call(old)) == (b"old", b"new", b"old")
 
@@ -129,3 +128,60 @@ def test_reads_are_served_at_maxmemory_and_writes_refused(server_factory: Server
         assert [i.user_message for i in m.get_history(sid)] == ["before", "after"]
     admin.close()
 
+
+
+def test_prune_deletes_other_releases_libraries_and_keeps_this_ones(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """An old release's library goes; this release's, and libraries not named as ours, stay.
+    A deleted library still in use is loaded again by its caller."""
+    old = Script("probe_old_release", "return 'old'")
+    other = "#!lua name=someone_else\nredis.register_function('else_f', function() return 1 end)"
+    redis_client.function_load(old.library, replace=True)
+    redis_client.function_load(other, replace=True)
+    with SessionManager.from_url(redis_url) as m:
+        sid = m.create_session("alice").session_id  # this release's CREATE is loaded
+        dry = m.prune_scripts(dry_run=True)
+        assert old.library_name in dry.deleted
+        assert scripts.CREATE.library_name in dry.kept
+        assert old.library_name in _libraries(redis_client)  # a dry run deletes nothing
+
+        cli = CliRunner().invoke(
+            main_cli, ["--redis-url", redis_url, "--data-dir", str(tmp_path), "prune-scripts"]
+        )
+        assert cli.exit_code == 0, cli.output
+        assert f"deleted {len(dry.deleted)} library(ies) of other releases" in cli.output
+        left = _libraries(redis_client)
+        assert old.library_name not in left
+        assert "someone_else" in left
+        assert scripts.CREATE.library_name in left
+        assert m.prune_scripts().deleted == []  # nothing left to do
+        m.log_interaction(sid, user_message="still works")
+    assert SyncDriver(redis_client).run(_call(old)) == b"old"  # loaded again on its next call
+
+
+def _libraries(client: redis.Redis) -> set[str]:
+    return {text(_pairs(lib)["library_name"]) for lib in client.function_list()}  # type: ignore[arg-type]
+
+
+def _call(s: Script):  # type: ignore[no-untyped-def]
+    return (yield Eval(s, ("probe",), ()))
+
+
+def test_prune_without_the_admin_commands_is_a_one_line_error(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """The app's ACL user (docs/security.md) may not list or delete libraries."""
+    server = server_factory(password="admin-pw")
+    with redis.Redis.from_url(server.url) as admin:
+        admin.execute_command(  # type: ignore[no-untyped-call]
+            "ACL", "SETUSER", "app", "on", ">app-pw", "~*", "-@all", "+fcall", "+function|load"
+        )
+    url = f"redis://app:app-pw@127.0.0.1:{server.port}/0"
+    result = CliRunner().invoke(
+        main_cli, ["--redis-url", url, "--data-dir", str(tmp_path), "prune-scripts"]
+    )
+    assert result.exit_code == EXIT_STORAGE, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: ")
+    assert "no permissions" in line

@@ -101,6 +101,7 @@ for _command in (
     events.events,
     maintenance.repair_index,
     maintenance.rotate_keys,
+    maintenance.prune_scripts,
     sql.sql,
     services.server,
     services.worker,

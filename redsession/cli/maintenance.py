@@ -1,4 +1,5 @@
-"""Maintenance commands: cleanup, dump, restore, stats, repair-index, rotate-keys."""
+"""Maintenance commands: cleanup, dump, restore, stats, repair-index, rotate-keys,
+prune-scripts."""
 
 from __future__ import annotations
 
@@ -139,3 +140,27 @@ def rotate_keys() -> None:
         f"({report.sessions_current} already current) and the preferences of "
         f"{report.users_rotated} user(s) ({report.users_current} already current)"
     )
+
+
+@click.command("prune-scripts")
+@json_option
+@click.option("--dry-run", is_flag=True, help="Only say which libraries would be deleted.")
+def prune_scripts(dry_run: bool) -> None:
+    """Delete other releases' script libraries from Redis (needs an admin user)."""
+    state = get_state()
+    report = state.manager.prune_scripts(dry_run=dry_run)
+    if state.json:
+        print_json(report)
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(
+        f"{verb} {len(report.deleted)} library(ies) of other releases; "
+        f"kept {len(report.kept)} of this one"
+    )
+    for name in report.deleted[:SHOW_IDS]:
+        click.echo(f"  {name}")
+    if report.partial:
+        click.echo(
+            f"left {len(report.partial)} that only some primaries hold (FUNCTION DELETE "
+            f"them there by hand): {' '.join(report.partial)}"
+        )

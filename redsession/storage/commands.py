@@ -46,17 +46,19 @@ class Script:
     writes: bool = False  # changes data: with Settings.write_replicas, WAIT follows it
     function: str = field(init=False, repr=False)  # FCALL's name of it
     readonly_function: str = field(init=False, repr=False)  # of its no-writes twin
+    library_name: str = field(init=False, repr=False)  # rs_<hash>
     library: str = field(init=False, repr=False)  # FUNCTION LOAD's source
 
     def __post_init__(self) -> None:
         code = f"{self.name}\0{self.setup}\0{self.body}\0{_LIBRARY}".encode()
         digest = hashlib.sha1(code).hexdigest()[:16]
-        function = f"rs_{self.name}_{digest}"
+        function, name = f"rs_{self.name}_{digest}", f"rs_{digest}"
         library = _LIBRARY.format(
-            library=f"rs_{digest}", setup=self.setup, body=self.body, function=function
+            library=name, setup=self.setup, body=self.body, function=function
         )
         object.__setattr__(self, "function", function)
         object.__setattr__(self, "readonly_function", function + "_ro")
+        object.__setattr__(self, "library_name", name)
         object.__setattr__(self, "library", library)
 
 
