@@ -15,7 +15,7 @@ import redis
 from redsession import SessionManager, SessionMerged, StorageError, StorageUnavailable
 from redsession.config import Settings
 from redsession.maintenance.repair import RepairReport
-from redsession.storage.commands import Batch, Cmd, Eval
+from redsession.storage.commands import Batch, Cmd, Eval, Script
 from redsession.storage.connection import async_client, sync_client
 from redsession.storage.drivers import SyncDriver
 from redsession.storage.keys import Keys, expiry_member
@@ -170,6 +170,27 @@ def test_scripts_reload_after_function_flush(
     client.function_flush()  # on every primary
     m.log_interaction(sid, user_message="after flush")
     assert m.get_session(sid).total_interactions == 1
+
+
+def test_prune_scripts_on_every_primary(
+    make: Callable[..., SessionManager], client: redis.RedisCluster
+) -> None:
+    """An old release's library on every primary goes; one that a single primary holds is
+    listed for an operator, since FUNCTION DELETE would fail on the others."""
+    m = make()
+    m.create_session("alice")
+    everywhere = Script("probe_everywhere", "return 1")
+    one = Script("probe_on_one", "return 2")
+    client.function_load(everywhere.library, replace=True)  # on every primary
+    first = client.get_primaries()[0]  # type: ignore[no-untyped-call]
+    first.redis_connection.function_load(one.library, replace=True)
+    report = m.prune_scripts()
+    assert everywhere.library_name in report.deleted
+    assert report.partial == [one.library_name]
+    for node in client.get_primaries():  # type: ignore[no-untyped-call]
+        names = {lib[1] for lib in node.redis_connection.function_list()}
+        assert everywhere.library_name.encode() not in names
+    first.redis_connection.function_delete(one.library_name)
 
 
 def test_lost_index_step_is_repaired(
