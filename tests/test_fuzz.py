@@ -260,6 +260,7 @@ def _calls(sids: list[str]) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
         "restore_sessions": fb({}, optional={"overwrite_older": st.booleans()}),
         "rotate_keys": fb({}),
         "repair_indexes": fb({}, optional={"batch": count}),
+        "prune_scripts": fb({}, optional={"dry_run": st.booleans()}),
         "events": fb({}, optional=_event_reads()),
         # Waits bounded to a few ms: a valid block would make each example wait for nothing.
         "wait_for_events": fb({}, optional={**_event_reads(), "block": _blocks()}),
@@ -633,7 +634,7 @@ def test_dump_and_restore_write_nothing_outside_data_dir(
 
 # Commands that return; server, worker (without --check), mcp, api and up run until a signal.
 CLI_COMMANDS = ["list", "show", "export", "import", "merge", "delete", "cleanup", "dump",
-                "restore", "stats", "version", "repair-index", "rotate-keys",
+                "restore", "stats", "version", "repair-index", "rotate-keys", "prune-scripts",
                 "events", "sql"]  # fmt: skip  (never --follow here: it runs until Ctrl-C)
 CLI_SERVICES = ["server", "worker", "mcp", "api", "up"]
 CLI_OPTIONS = ["--user", "--limit", "--cursor", "--history", "--all", "-o", "--output",
