@@ -176,11 +176,6 @@ each, which agree within 1.5%: the server's own timers run meanwhile):
   The hand-rolled store has no operation ids and no events: they are the features of
   "writes that are safe to retry, and an event stream", not overhead of how they are
   written. resume is now at 1.03x on the server: its gap is the client's.
-- A generation of operation ids holds 64, not 128 (docs/design.md, "Two generations"). On
-  two sessions written 450 times each, the steady state of a busy session, log_interaction
-  cost the server 339,942-345,307 instructions at 128 ids, 330,928 at 64 and 323,626 at 32,
-  against ~318,000 for sessions with a few ids (bench/server.py's figure); the ids' memory
-  halves.
 - Client instructions are unchanged (`make bench-instructions`: log 309,427, resume 813,899).
 - End to end, six alternating runs (old, new, old, ...; `--setup sync --setup processes`,
   5 rounds each, 18:00-18:12, load average 2.0-3.1 from other work on the machine):

@@ -19,7 +19,6 @@ from bench import data
 from bench.report import Table
 from redsession import SessionManager
 from redsession.config import Settings
-from redsession.storage.scripts import OPS_KEEP
 
 VARIANTS = ("operation id + event (as shipped)", "operation id, no event", "neither")
 
@@ -88,7 +87,7 @@ def writes(url: str, *, smoke: bool, rounds: int) -> list[Table]:
     )
     t.notes.append(
         f"memory: the session's ops hashes hold {ops_count} operation ids in "
-        f"{ops_bytes:,} bytes, in two generations (at most {2 * OPS_KEEP} ids); the event stream "
+        f"{ops_bytes:,} bytes, in two generations (at most 256 ids); the event stream "
         f"{stream_len:,} entries in {stream_bytes:,} bytes "
         f"({stream_bytes / max(stream_len, 1):.0f} bytes per event)"
     )

@@ -38,7 +38,7 @@ from redsession.storage.keys import (
     USER_PREFS_TAIL,
 )
 
-OPS_KEEP = 64  # operations a generation of a session's ops holds (see once())
+OPS_KEEP = 128  # operations a generation of a session's ops holds (see once())
 
 PRELUDE = f"""
 -- KEYS[1] the session hash; its log and tombstone are that name + '{LOG_SUFFIX}' and
