@@ -176,6 +176,11 @@ each, which agree within 1.5%: the server's own timers run meanwhile):
   The hand-rolled store has no operation ids and no events: they are the features of
   "writes that are safe to retry, and an event stream", not overhead of how they are
   written. resume is now at 1.03x on the server: its gap is the client's.
+- Tried and reverted: generations of 64 operation ids, not 128. On two sessions written 450
+  times each (a busy session's steady state), log_interaction cost the server
+  339,942-345,307 instructions at 128 ids, 330,928 at 64 and 323,626 at 32; but with 64,
+  test_retries' CLIENT KILL burst applied two of 600 appends twice (more than 64 writes came
+  between a lost reply and its retry), so the generations stay at 128.
 - Client instructions are unchanged (`make bench-instructions`: log 309,427, resume 813,899).
 - End to end, six alternating runs (old, new, old, ...; `--setup sync --setup processes`,
   5 rounds each, 18:00-18:12, load average 2.0-3.1 from other work on the machine):
