@@ -21,13 +21,14 @@ from urllib.parse import unquote, urlsplit
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.cluster
+import redis.retry
 import redis.sentinel
 from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException
-from redis.retry import Retry
 
 from redsession.config import Settings
 from redsession.errors import ConfigError, StorageUnavailable
@@ -43,17 +44,15 @@ SyncClient = redis.Redis | redis.RedisCluster
 AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
 
 
-def _retry() -> Retry:
-    # No retries inside redis-py: the drivers retry whole commands, within the deadline of
-    # Settings.retry_deadline, and the scripts' operation ids make that safe (drivers.py).
-    return Retry(NoBackoff(), 0)
-
-
-def _options(settings: Settings) -> dict[str, Any]:
+def _options(settings: Settings, retry: Any) -> dict[str, Any]:
+    # No retries inside redis-py (``retry`` is the flavour's Retry class: an asyncio client
+    # given a sync one warns, from redis-py 8.2): the drivers retry whole commands, within
+    # the deadline of Settings.retry_deadline, and the scripts' operation ids make that safe
+    # (drivers.py).
     return {
         "socket_timeout": settings.socket_timeout,
         "socket_connect_timeout": settings.connect_timeout,
-        "retry": _retry(),
+        "retry": retry(NoBackoff(), 0),
         "decode_responses": False,
     }
 
@@ -302,21 +301,24 @@ class _Flavour:
     sentinel: Any
     master: Any
     master_pool: Any
+    retry: Any
 
 
 _SYNC = _Flavour(
     redis.BlockingConnectionPool, redis.Redis, redis.RedisCluster, redis.cluster.ClusterNode,
     redis.sentinel.Sentinel, _SentinelMaster, redis.sentinel.SentinelConnectionPool,
+    redis.retry.Retry,
 )  # fmt: skip
 _ASYNC = _Flavour(
     _AsyncPool, redis.asyncio.Redis, _AsyncCluster, redis.asyncio.cluster.ClusterNode,
     redis.asyncio.sentinel.Sentinel, _AsyncSentinelMaster, _AsyncSentinelPool,
+    redis.asyncio.retry.Retry,
 )  # fmt: skip
 
 
 def _client(url: str | None, settings: Settings, f: _Flavour) -> Any:
     t = parse_url(url, settings)
-    opts = _options(settings) | (_tls_options(settings) if t.tls else {})
+    opts = _options(settings, f.retry) | (_tls_options(settings) if t.tls else {})
     try:
         if t.kind == "single":
             if t.tls:
