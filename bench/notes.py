@@ -30,8 +30,9 @@ PREAMBLE = """
   the reply recorded once from a real server is replayed on a socketpair, so everything the
   client does runs and no server or network does (bench/canned.py). Instruction counts repeat
   run after run on a noisy machine, where seconds do not; the target is at most 1.5x the
-  hand-rolled store's count. `make bench-instructions` checks redsession's counts against
-  bench/instructions.json in CI (a regression of more than 10% fails).
+  hand-rolled store's count. `make bench-instructions` checks redsession's count, as a ratio
+  to the hand-rolled store's counted in the same run, against bench/instructions.json in CI (a
+  ratio more than 10% above the baseline's fails; a new redis-py or Python moves both counts).
 - **Server CPU** is counted the same way on redis-server itself, run under callgrind by the
   harness (bench/server.py): instructions per call for the whole server (request, script,
   AOF feed, reply), on the operations benchmark's sessions.

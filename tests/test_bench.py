@@ -68,3 +68,57 @@ def test_the_instruction_targets_read_from_the_counts() -> None:
         "MISSES the at-most-1.5x target",
     ]
     assert ["resume", "hand-rolled, plain client", "95", "0.950"] in table.rows
+
+
+@pytest.mark.timeout(60)
+def test_canned_replies_replay_for_every_operation(tmp_path: Path) -> None:
+    """What bench.canned counts under callgrind runs, and parses the recorded replies (redis-py
+    8.2 took a reply queued before the command for stale data, and every count failed)."""
+    import json
+
+    from bench import canned
+    from bench.harness import server
+    from bench.ops import HISTORY
+    from redsession import Interaction, Session
+
+    replies = tmp_path / "replies.json"
+    with server() as srv:
+        replies.write_text(json.dumps(canned.record(srv.url)))
+    for impl in canned.IMPLS:
+        for op in canned.OPS:
+            result = canned.run(impl, op, 3, replies, warmup=2)
+            if impl != "redsession":
+                assert result, (impl, op)
+            elif op == "resume":
+                assert isinstance(result, Session)
+                assert len(result.history) == HISTORY
+            else:
+                assert isinstance(result, Interaction)
+
+
+def test_the_instruction_check_gates_the_ratio(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--check fails when redsession's count grows against the hand-rolled store's, not when a
+    new redis-py or Python moves both."""
+    import json
+
+    from bench import canned
+
+    base = {"redsession": {"log_interaction": 300, "resume": 800},
+            "hand-rolled": {"log_interaction": 250, "resume": 560}}  # fmt: skip
+    baseline = tmp_path / "instructions.json"
+    baseline.write_text(json.dumps({"measured with": canned.versions(), "counts": base}))
+    monkeypatch.setattr(canned, "BASELINE", baseline)
+
+    def check(rs: float, hr: float) -> int:
+        counts = {impl: {op: int(n * (rs if impl == "redsession" else hr)) for op, n in c.items()}
+                  for impl, c in base.items()}  # fmt: skip
+        monkeypatch.setattr(canned, "measure", lambda impls: counts)
+        return canned.main(["--check"])
+
+    assert check(1.0, 1.0) == 0
+    assert check(1.3, 1.3) == 0  # a dependency that costs every client the same
+    assert check(1.09, 1.0) == 0
+    assert check(1.12, 1.0) == 1  # redsession alone, past the 10%
+    assert check(1.0, 0.88) == 1  # the same ratio, reached the other way
