@@ -182,7 +182,9 @@ each, which agree within 1.5%: the server's own timers run meanwhile):
   339,942-345,307 instructions at 128 ids, 330,928 at 64 and 323,626 at 32; but with 64,
   test_retries' CLIENT KILL burst applied two of 600 appends twice (more than 64 writes came
   between a lost reply and its retry), so the generations stay at 128.
-- Client instructions are unchanged (`make bench-instructions`: log 309,427, resume 813,899).
+- Client instructions are unchanged (`make bench-instructions` on redis-py 8.1: log 309,427,
+  resume 813,899). redis-py 8.2 adds ~84,000 to every command, the hand-rolled store's
+  too: 399,248 and 880,083 on it (bench/instructions.json), at 1.19x and 1.37x.
 - End to end, six alternating runs (old, new, old, ...; `--setup sync --setup processes`,
   5 rounds each, 18:00-18:12, load average 2.0-3.1 from other work on the machine):
   sync log_interaction 0.733 / 0.685 / 0.792 before against 0.782 / 0.784 / 0.949 after
