@@ -146,7 +146,9 @@ def _client(impl: str, url: str, connection: type[Connection]) -> redis.Redis:
     from redsession.storage.connection import sync_client
 
     client: redis.Redis = sync_client(url, Settings())  # type: ignore[assignment]
-    client.connection_pool.connection_class = connection  # before any connection exists
+    # Over the class sync_client chose (its packing too), before any connection exists.
+    pool = client.connection_pool
+    pool.connection_class = type(connection.__name__, (connection, pool.connection_class), {})
     return client
 
 

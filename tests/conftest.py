@@ -18,6 +18,7 @@ import redis
 
 from redsession import AsyncSessionManager, SessionManager
 from redsession.services.embedded import RedisServer
+from redsession.storage import packing
 from redsession.storage.commands import Cmd, Eval, Script
 
 pytest_plugins = ["tests.topology", "tests.postgres"]
@@ -84,6 +85,21 @@ def fake_redis() -> Iterator[fakeredis.FakeRedis]:
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
     yield client
     client.close()
+
+
+@pytest.fixture
+def hiredis_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """The commands that storage/packing.py gives hiredis to pack, from now on."""
+    calls: list[tuple[Any, ...]] = []
+    real = packing.pack_command
+    assert real is not None
+
+    def spy(args: tuple[Any, ...]) -> bytes:
+        calls.append(args)
+        return real(args)
+
+    monkeypatch.setattr(packing, "pack_command", spy)
+    return calls
 
 
 @pytest.fixture

@@ -348,6 +348,25 @@ async def test_async_client_from_cluster_url(cluster: Cluster) -> None:
         await c.aclose()
 
 
+async def test_cluster_nodes_pack_commands_in_one_hiredis_call(
+    cluster: Cluster, hiredis_calls: list[tuple[Any, ...]]
+) -> None:
+    with sync_client(cluster.url, Settings()) as c:
+        c.set("k{x}", "v")
+        assert c.get("k{x}") == b"v"
+    a = async_client(cluster.url, Settings())
+    try:
+        await a.set("k{y}", "w")
+        assert await a.get("k{y}") == b"w"
+    finally:
+        await a.aclose()
+    # redis-py's asyncio cluster sends its first command twice (its own packer shows the
+    # same): each command in order, then, however often.
+    sent = [args for args in hiredis_calls if args[0] in (b"SET", b"GET")]
+    expected = [(b"SET", "k{x}", "v"), (b"GET", "k{x}"), (b"SET", "k{y}", "w"), (b"GET", "k{y}")]
+    assert list(dict.fromkeys(sent)) == expected, sent
+
+
 def test_stats_memory_is_the_sum_over_the_primaries(cluster: Cluster) -> None:
     # It used to be one node's INFO: a third of the data set on three primaries.
     m = cluster_manager(cluster)

@@ -32,6 +32,7 @@ from redis.exceptions import RedisClusterException
 
 from redsession.config import Settings
 from redsession.errors import ConfigError, StorageUnavailable
+from redsession.storage.packing import packing
 
 SCHEMES = (
     "redis://", "rediss://", "unix://",
@@ -164,8 +165,18 @@ class _NodeSSLConnection(_NodeConnection, redis.asyncio.SSLConnection):
     pass
 
 
+class _Cluster(redis.RedisCluster):
+    """RedisCluster whose node connections pack commands in C (storage/packing.py)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        # Every node, found now or later, is built from these kwargs.
+        cls = redis.SSLConnection if kwargs.get("ssl") else redis.Connection
+        super().__init__(connection_class=packing(cls), **kwargs)
+
+
 class _AsyncCluster(redis.asyncio.RedisCluster):
-    """RedisCluster whose node connections are replaced once the server has closed them."""
+    """RedisCluster whose node connections are replaced once the server has closed them, and
+    pack commands in C."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -173,7 +184,7 @@ class _AsyncCluster(redis.asyncio.RedisCluster):
         # from these kwargs. Set before the first command, so before any connection exists.
         node_kwargs = self.nodes_manager.connection_kwargs
         ssl = issubclass(node_kwargs["connection_class"], redis.asyncio.SSLConnection)
-        cls = _NodeSSLConnection if ssl else _NodeConnection
+        cls = packing(_NodeSSLConnection if ssl else _NodeConnection)
         node_kwargs["connection_class"] = cls
         for node in self.nodes_manager.startup_nodes.values():
             node.connection_class = cls
@@ -305,7 +316,7 @@ class _Flavour:
 
 
 _SYNC = _Flavour(
-    redis.BlockingConnectionPool, redis.Redis, redis.RedisCluster, redis.cluster.ClusterNode,
+    redis.BlockingConnectionPool, redis.Redis, _Cluster, redis.cluster.ClusterNode,
     redis.sentinel.Sentinel, _SentinelMaster, redis.sentinel.SentinelConnectionPool,
     redis.retry.Retry,
 )  # fmt: skip
@@ -316,6 +327,12 @@ _ASYNC = _Flavour(
 )  # fmt: skip
 
 
+def _pack_in_c(pool: Any) -> None:
+    """The pool's connections pack commands in C (storage/packing.py). Called on a new pool,
+    before it has made a connection."""
+    pool.connection_class = packing(pool.connection_class)
+
+
 def _client(url: str | None, settings: Settings, f: _Flavour) -> Any:
     t = parse_url(url, settings)
     opts = _options(settings, f.retry) | (_tls_options(settings) if t.tls else {})
@@ -324,6 +341,7 @@ def _client(url: str | None, settings: Settings, f: _Flavour) -> Any:
             if t.tls:
                 opts.pop("ssl")  # implied by the rediss:// scheme
             pool = f.pool.from_url(t.url, **_pool(settings), **opts)
+            _pack_in_c(pool)
             return f.single.from_pool(pool)  # the client owns (and closes) the pool
         if t.kind == "cluster":
             nodes = [f.node(h, p) for h, p in t.nodes]
@@ -333,10 +351,12 @@ def _client(url: str | None, settings: Settings, f: _Flavour) -> Any:
             )
         sentinel_opts = {k: v for k, v in opts.items() if k != "decode_responses"}
         sentinel = f.sentinel(list(t.nodes), sentinel_kwargs=sentinel_opts)
-        return sentinel.master_for(
+        master = sentinel.master_for(
             t.service, redis_class=f.master, connection_pool_class=f.master_pool, db=t.db,
             **opts, **_auth(t),
         )  # fmt: skip
+        _pack_in_c(master.connection_pool)
+        return master
     except (redis.ConnectionError, redis.TimeoutError, RedisClusterException) as e:
         # RedisCluster reads the topology at construction: no startup node answered.
         raise StorageUnavailable(f"Redis at {t.url!r} is unavailable: {e}") from e
