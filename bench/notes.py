@@ -22,7 +22,8 @@ PREAMBLE = """
   counters, sliding expiry of every key, the per-user, activity, users, expiry and dirty
   indexes) in one EVALSHA of a minimal Lua script, with no validation and plain dicts out
   (records decoded with orjson). Its client is built as redsession builds its own by default
-  (the same pool class and socket timeouts): what a careful team would write. The target is
+  (`sync_client`: the same pool class, socket timeouts and command packing): what a careful
+  team would write. The target is
   redsession >= 0.9x of it on log_interaction and resume, in every setup.
   `hand-rolled, plain client` is the same store on `redis.Redis.from_url` with redis-py's
   defaults: the ratio against it shows what those settings cost.
@@ -193,6 +194,46 @@ each, which agree within 1.5%: the server's own timers run meanwhile):
 
 - hiredis pays: compare the `redsession, no hiredis` rows (pure-Python parser) above.
   orjson does every JSON encode.
+
+### Issue 15, fifth pass (2026-12-04): commands packed in one hiredis call
+
+redis-py 8.2's packer runs every argument through its Python encoder before hiredis packs
+the command. redsession's connections now give hiredis the command as it is, which yields
+the same bytes for a client with the default encoding (storage/packing.py;
+docs/design.md). The hand-rolled store is built with `sync_client`, so it packs the same
+way. Client instructions per call, `python -m bench.canned`, two runs each (they agree
+within 0.02%):
+
+| implementation | operation | before | after |
+|---|---|---:|---:|
+| redsession | log_interaction | 399,411 | 261,910 |
+| redsession | resume | 881,893 | 772,949 |
+| hand-rolled | log_interaction | 335,501 | 193,991 |
+| hand-rolled | resume | 645,329 | 505,522 |
+| hand-rolled, plain client (unchanged) | log_interaction | 328,883 | 328,888 |
+| hand-rolled, plain client (unchanged) | resume | 633,741 | 633,728 |
+
+- redsession against the hand-rolled store: log 1.19x -> 1.35x, resume 1.37x -> 1.53x.
+  Every count fell. The ratios rose because the baseline's 20-argument resume command
+  gained more than redsession's shorter ones. Against the plain client: log 1.21x -> 0.80x,
+  resume 1.39x -> 1.22x.
+- End to end, four alternating runs (new, old, new, old; 3 rounds each, 20:58-21:06, load
+  0.9-2.7). The hand-rolled store gained too, so the ratio to the plain client is the one
+  that shows the change:
+
+  | setup | operation | old, x plain client | new, x plain client |
+  |---|---|---:|---:|
+  | sync | log_interaction | 0.757 / 0.787 | 0.796 / 0.708 |
+  | sync | resume | 0.695 / 0.702 | 0.753 / 0.762 |
+  | asyncio 64 | log_interaction | 0.652 / 0.647 | 0.728 / 0.789 |
+  | asyncio 64 | resume | 0.538 / 0.524 | 0.574 / 0.520 |
+  | 4 processes | log_interaction | 0.583 / 0.637 | 0.748 / 0.822 |
+  | 4 processes | resume | 0.789 / 0.738 | 0.837 / 0.772 |
+
+  Against the hand-rolled store, which packs the same way: sync log 0.821 / 0.746 ->
+  0.835 / 0.698; asyncio log 0.804 / 0.700 -> 0.855 / 0.799; 4 processes log
+  0.505 / 0.563 -> 0.785 / 0.771. Both stores gained; what the 2-core machine's noise
+  allows is a gain for log_interaction in asyncio and 4 processes, and no loss elsewhere.
 
 ### Where the rest of the gap to the raw limit is (2026-12-03)
 
