@@ -1009,12 +1009,20 @@ def test_events_bad_flags_get_one_line(invoke: Any, args: tuple[str, ...]) -> No
     _one_line_error(invoke("events", *args), cli_errors.EXIT_USAGE)
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    # A command in a terminal's foreground starts with SIGINT at its default. A job started in
+    # the background (a CI runner's, `cmd &`) starts with it ignored, and then Python makes
+    # no KeyboardInterrupt of it: Ctrl-C could not reach such a process anyway.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_events_follow_prints_new_events_and_ctrl_c_ends_it_cleanly(
     redis_url: str, manager: SessionManager
 ) -> None:
     sid = manager.create_session("alice").session_id
     proc = _spawn("--redis-url", redis_url, "events", "--follow", "--json",
-                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                  preexec_fn=_ctrl_c_as_in_a_terminal)  # fmt: skip
     lines: list[dict[str, Any]] = []
 
     def read() -> None:
@@ -1023,22 +1031,20 @@ def test_events_follow_prints_new_events_and_ctrl_c_ends_it_cleanly(
             lines.append(orjson.loads(raw))
 
     reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        _wait_until(lambda: len(lines) == 1, proc)  # what was there: the create
-        manager.log_interaction(sid, user_message="hello")
-        _wait_until(lambda: len(lines) == 2, proc)  # and what came while it followed
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(SUBPROCESS_TIMEOUT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(SUBPROCESS_TIMEOUT)
-    assert proc.stdout is not None
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    proc.stdout.close()
-    proc.stderr.close()
+    with proc:  # closes the pipes however the test ends (a leaked one fails a later test)
+        reader.start()
+        try:
+            _wait_until(lambda: len(lines) == 1, proc)  # what was there: the create
+            manager.log_interaction(sid, user_message="hello")
+            _wait_until(lambda: len(lines) == 2, proc)  # and what came while it followed
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(SUBPROCESS_TIMEOUT) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            reader.join(SUBPROCESS_TIMEOUT)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
     assert [(d["kind"], d["session_id"]) for d in lines] == [("create", sid), ("log", sid)]
     assert err == b""
