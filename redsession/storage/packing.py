@@ -5,7 +5,7 @@ a client's own ``encoding`` applies), and first scans the arguments for memoryvi
 140,000 instructions for a command of 20 arguments, a third of what log_interaction costs
 the client. redsession's clients keep redis-py's defaults (UTF-8, strict errors), which are
 exactly what hiredis applies itself, so the command goes to hiredis as it is and comes out
-byte for byte as redis-py's own packer would send it (tests/test_connection.py checks that).
+byte for byte as redis-py's own packer would send it (tests/test_packing.py checks that).
 
 The packing is a property of the connection class: ``packing(cls)`` returns a subclass of a
 redis-py connection class, sync or asyncio, that packs this way. storage/connection.py puts
@@ -54,23 +54,20 @@ def pack(*args: Any) -> list[bytes]:
 
 
 class _Packer:
-    """What a sync connection's ``command_packer`` must be: an object with ``pack``."""
+    """A sync connection's ``command_packer``: anything with ``pack`` (this class will do)."""
 
     pack = staticmethod(pack)
 
 
 class _SyncPacking:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["command_packer"] = _PACKER
+        kwargs["command_packer"] = _Packer
         super().__init__(*args, **kwargs)
 
 
 class _AsyncPacking:
     def pack_command(self, *args: Any) -> list[bytes]:
         return pack(*args)
-
-
-_PACKER = _Packer()
 
 
 @functools.cache
